@@ -1,0 +1,110 @@
+"""Chunks: sentences packed up to a token budget within one section, with sentence overlap.
+
+Each chunk is an exact `[start, end)` span of its document, which is what lets every citation
+be checked against the book character for character.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from indexer.corpus import Document
+from indexer.korean import KoreanAnalyzer
+from indexer.structure import Section, Span, split_sections
+
+TokenCounter = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A retrievable passage: `document.text[start:end] == text`, never spanning two sections."""
+
+    chunk_id: str
+    doc: str
+    section: str
+    heading_path: tuple[str, ...]
+    start: int
+    end: int
+    text: str
+
+
+def embedding_text(chunk: Chunk) -> str:
+    """What the embedder and BM25 see: the heading path gives short passages their topic."""
+    return f"{chunk.section}\n{chunk.text}" if chunk.section else chunk.text
+
+
+def _split_oversized(text: str, unit: Span, fits: Callable[[Span], bool]) -> list[Span]:
+    """Cut a unit too long for the budget at spaces, so no chunk is silently truncated by the model."""
+    pieces: list[Span] = []
+    start = unit.start
+    words = [match.end() for match in re.finditer(r"\S+", text[unit.start : unit.end])]
+    piece_end = None
+    for word_end in words:
+        candidate = Span(start, unit.start + word_end)
+        if fits(candidate) or piece_end is None:
+            piece_end = candidate.end
+            continue
+        pieces.append(Span(start, piece_end))
+        start = piece_end
+        while start < unit.end and text[start].isspace():
+            start += 1
+        piece_end = unit.start + word_end
+    if piece_end is not None and start < unit.end:
+        pieces.append(Span(start, unit.end))
+    return pieces or [unit]
+
+
+def pack_section(
+    text: str, section: Section, count_tokens: TokenCounter, budget: int, overlap: int
+) -> list[Span]:
+    """Greedy packing of a section's units into spans whose embedding text fits `budget` tokens."""
+    title = section.title
+
+    def fits(span: Span) -> bool:
+        body = text[span.start : span.end]
+        return count_tokens(f"{title}\n{body}" if title else body) <= budget
+
+    units: list[Span] = []
+    for unit in section.units:
+        units.extend([unit] if fits(unit) else _split_oversized(text, unit, fits))
+
+    spans: list[Span] = []
+    first = 0
+    while first < len(units):
+        last = first
+        while last + 1 < len(units) and fits(Span(units[first].start, units[last + 1].end)):
+            last += 1
+        spans.append(Span(units[first].start, units[last].end))
+        if last == len(units) - 1:
+            break
+        # Overlap by whole sentences, but always move forward.
+        first = max(first + 1, last + 1 - overlap)
+    return spans
+
+
+def chunk_document(
+    document: Document,
+    analyzer: KoreanAnalyzer,
+    count_tokens: TokenCounter,
+    budget: int,
+    overlap: int,
+) -> list[Chunk]:
+    """All chunks of one document, in document order, with ids `<doc>#<n>`."""
+    markdown = document.doc_id.lower().endswith(".md")
+    chunks: list[Chunk] = []
+    for section in split_sections(document.text, analyzer, markdown=markdown):
+        for span in pack_section(document.text, section, count_tokens, budget, overlap):
+            chunks.append(
+                Chunk(
+                    chunk_id=f"{document.doc_id}#{len(chunks)}",
+                    doc=document.doc_id,
+                    section=section.title,
+                    heading_path=section.heading_path,
+                    start=span.start,
+                    end=span.end,
+                    text=document.text[span.start : span.end],
+                )
+            )
+    return chunks

