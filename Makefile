@@ -20,7 +20,7 @@ index: install
 	$(BIN)/bookqa index
 
 run: index
-	$(BIN)/bookqa search "마이데이터란 무엇인가"
+	$(BIN)/bookqa serve
 
 test: install
 	$(BIN)/python -m pytest

@@ -111,5 +111,62 @@ def search(
         console.print()
 
 
+@app.command()
+def ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="질문")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="근거로 쓸 구절 수")] = 5,
+    mode: Annotated[SearchMode, typer.Option(help="hybrid, dense 또는 bm25")] = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help="/v1/ask와 같은 JSON으로 출력")] = False,
+) -> None:
+    """Answer a question from the book with citations (the same answer as POST /v1/ask)."""
+    from service.api import ask_response
+    from service.qa import QAService
+
+    settings: Settings = ctx.obj
+    try:
+        qa = QAService.load(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise _fail(error, EXIT_UNUSABLE) from error
+    try:
+        result = qa.ask(question, top_k=top_k, mode=mode)
+    except QueryError as error:
+        raise _fail(error, EXIT_BAD_INPUT) from error
+    response = ask_response(result)
+    if as_json:
+        typer.echo(response.model_dump_json(indent=2))
+        return
+    console.print(escape(response.answer), soft_wrap=True)
+    for note in response.notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]")
+    for citation in response.citations:
+        console.print(
+            f"[dim][{citation.id}] {escape(citation.section or citation.doc)} "
+            f"({citation.doc} {citation.start}:{citation.end})[/dim]"
+        )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="주소")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="포트")] = 8000,
+) -> None:
+    """Start the HTTP service (API under /v1, docs at /docs); builds the index first if needed."""
+    import uvicorn
+
+    from service.api import create_app
+
+    settings: Settings = ctx.obj
+    try:
+        result = ensure_index(settings, show_progress=True)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise _fail(error, EXIT_UNUSABLE) from error
+    if result.status == "built":
+        console.print(f"색인을 만들었습니다: {result.path}")
+    console.print(f"bookqa: http://{host}:{port}/ (API 문서: http://{host}:{port}/docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
 if __name__ == "__main__":
     app()

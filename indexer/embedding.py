@@ -39,6 +39,10 @@ class Embedder:
         document_prompt: str | None = None,
     ) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        # The per-load "Loading weights" bar is noise in a CLI whose output may be piped as JSON.
+        transformers_logging.disable_progress_bar()
 
         self.name = model_name
         self.batch_size = batch_size

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     dense_weight: float = Field(
         0.7, ge=0.0, le=1.0, description="Weight of the dense scores in convex fusion (chosen on the gold set)."
     )
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1); unset = extractive answers."
+    )
+    llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
+    llm_api_key: str = Field("not-needed", description="API key for the LLM endpoint (local servers ignore it).")
+    llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
 

@@ -63,3 +63,15 @@ def test_missing_index_exits_with_what_to_run(private_settings: Settings, tmp_pa
     assert result.returncode == 1
     assert "bookqa index" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ask_json_prints_the_api_object(private_settings: Settings) -> None:
+    result = run(private_settings, "ask", "NFT가 뭐야?", "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert {"answer", "abstained", "citations", "passages", "timings_ms"} <= set(body)
+    assert body["citations"] and not body["abstained"]
+    text = (private_settings.corpus_dir / "digital-trend-2023.txt").read_text(encoding="utf-8")
+    for citation in body["citations"]:
+        assert text[citation["start"] : citation["end"]] == citation["quote"]
+    assert run(private_settings, "ask", "  ").returncode == 2

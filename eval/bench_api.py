@@ -1,0 +1,65 @@
+"""Benchmark of the question API over real HTTP: answer quality, abstention and latency.
+
+Starts the service on a free loopback port, asks every gold question once and prints figures.
+Run: .venv/bin/python -m eval.bench_api [--gold eval/gold/qa.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from indexer.settings import Settings
+from service.api import create_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gold", type=Path, default=Path("eval/gold/qa.jsonl"))
+    args = parser.parse_args()
+    gold = [json.loads(line) for line in args.gold.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings()), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    latencies, contained, false_abstain, true_abstain = [], 0, 0, 0
+    answerable = [g for g in gold if g["answerable"]]
+    for item in gold:
+        started = time.perf_counter()
+        body = httpx.post(f"{url}/v1/ask", json={"question": item["question"]}, timeout=120).json()
+        latencies.append((time.perf_counter() - started) * 1000)
+        if item["answerable"]:
+            false_abstain += body["abstained"]
+            contained += (not body["abstained"]) and any(a.lower() in body["answer"].lower() for a in item["answers"])
+        else:
+            true_abstain += body["abstained"]
+    server.should_exit = True
+    n_unanswerable = len(gold) - len(answerable)
+    print(f"questions: {len(gold)} ({len(answerable)} answerable, {n_unanswerable} not)")
+    print(f"answer contains an expected answer: {contained / len(answerable):.3f}")
+    print(f"false abstentions on answerable:   {false_abstain / len(answerable):.3f}")
+    print(f"abstentions on unanswerable:       {true_abstain / max(n_unanswerable, 1):.3f}")
+    latencies.sort()
+    print(f"/v1/ask latency ms: median {statistics.median(latencies):.1f}, p95 {latencies[int(0.95 * (len(latencies) - 1))]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
