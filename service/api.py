@@ -137,17 +137,48 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"error": f"요청 본문이 너무 큽니다 (최대 {limit // 1024} KB)."}, status_code=413)
 
 
+_MESSAGES = {
+    "string_too_short": "비어 있을 수 없습니다",
+    "too_short": "비어 있을 수 없습니다",
+    "string_type": "문자열이어야 합니다",
+    "int_parsing": "정수여야 합니다",
+    "int_type": "정수여야 합니다",
+    "list_type": "목록이어야 합니다",
+    "model_attributes_type": "JSON 객체여야 합니다",
+    "dict_type": "JSON 객체여야 합니다",
+}
+
+
+_BOUNDS = {
+    "greater_than_equal": "이상이어야 합니다",
+    "less_than_equal": "이하여야 합니다",
+    "greater_than": "보다 커야 합니다",
+    "less_than": "보다 작아야 합니다",
+}
+
+
 def _describe(errors: list[dict]) -> str:
+    """One Korean sentence per validation error, naming the field."""
     parts = []
     for error in errors:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query")) or "요청 본문"
         kind = error.get("type", "")
+        context = error.get("ctx") or {}
         if kind == "json_invalid":
             parts.append("JSON 형식이 올바르지 않습니다")
         elif kind == "missing":
             parts.append(f"{where} 항목이 필요합니다")
-        else:
+        elif kind in ("string_too_long", "too_long"):
+            limit = context.get("max_length", "")
+            parts.append(f"{where}: 너무 깁니다 (최대 {limit})")
+        elif kind in _BOUNDS:
+            parts.append(f"{where}: {next(iter(context.values()), '')} {_BOUNDS[kind]}")
+        elif kind == "literal_error":
+            parts.append(f"{where}: 허용되지 않는 값입니다 (가능: {context.get('expected', '')})")
+        elif kind == "value_error":
             parts.append(f"{where}: {re.sub(r'^Value error, ', '', error.get('msg', ''))}")
+        else:
+            parts.append(f"{where}: {_MESSAGES.get(kind, error.get('msg', '올바르지 않은 값입니다'))}")
     return "; ".join(parts) or "요청이 올바르지 않습니다"
 
 
