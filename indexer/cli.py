@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Optional, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +25,7 @@ errors = Console(stderr=True)
 
 # Exit codes: 1 for the index or model being unusable, 2 for a bad request (as typer does for usage).
 EXIT_UNUSABLE, EXIT_BAD_INPUT = 1, 2
+T = TypeVar("T")
 
 
 @app.callback()
@@ -50,6 +52,14 @@ def main(
     except ValidationError as error:
         errors.print(f"[red]설정 오류:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_BAD_INPUT) from error
+
+
+def _load_or_exit(load: Callable[[Settings], T], settings: Settings) -> T:
+    """Load the engine or service, exiting with EXIT_UNUSABLE and the reason if it cannot be."""
+    try:
+        return load(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise _fail(error, EXIT_UNUSABLE) from error
 
 
 def _fail(error: Exception, code: int) -> typer.Exit:
@@ -87,11 +97,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="JSON으로 출력")] = False,
 ) -> None:
     """Search the book and print the best passages with their headings."""
-    settings: Settings = ctx.obj
-    try:
-        engine = SearchEngine.load(settings)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise _fail(error, EXIT_UNUSABLE) from error
+    engine = _load_or_exit(SearchEngine.load, ctx.obj)
     try:
         passages = engine.search(query, top_k=top_k, mode=mode)
     except QueryError as error:
@@ -123,11 +129,7 @@ def ask(
     from service.api import ask_response
     from service.qa import QAService
 
-    settings: Settings = ctx.obj
-    try:
-        qa = QAService.load(settings)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise _fail(error, EXIT_UNUSABLE) from error
+    qa = _load_or_exit(QAService.load, ctx.obj)
     try:
         result = qa.ask(question, top_k=top_k, mode=mode)
     except QueryError as error:

@@ -88,6 +88,9 @@ class Retriever:
         self.fusion = fusion
         self.dense_weight = dense_weight
         self._sentence_owner = index.sentence_owner
+        # Row of each chunk's first sentence in the sentence index, and chunk id -> position.
+        self.first_sentence_row = np.concatenate([[0], np.cumsum([len(c.sentences) for c in index.chunks])])
+        self.chunk_position = {chunk.chunk_id: i for i, chunk in enumerate(index.chunks)}
 
     def dense_ranking(self, query: str, depth: int) -> list[tuple[int, float]]:
         """Chunk ids and dense scores, best first.

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from indexer.engine import SearchEngine
 from indexer.retrieval import Passage
 
@@ -68,12 +66,10 @@ def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]
     vector = engine.embedder.encode_queries([question])[0]
     cosines = retriever.sentence_scores(vector)
     query_terms = set(engine.analyzer.content_morphemes(question))
-    chunk_positions = {chunk.chunk_id: i for i, chunk in enumerate(engine.index.chunks)}
-    row_of_chunk = np.concatenate([[0], np.cumsum([len(c.sentences) for c in engine.index.chunks])])
     seen: set[tuple[str, int, int]] = set()
     scored: list[ScoredSentence] = []
     for passage in passages:
-        position = chunk_positions[passage.chunk_id]
+        position = retriever.chunk_position[passage.chunk_id]
         chunk = engine.index.chunks[position]
         headings = set(chunk.heading_path)
         for offset, (start, end) in enumerate(chunk.sentences):
@@ -85,7 +81,7 @@ def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]
             overlap = 0.0
             if query_terms:
                 overlap = len(query_terms & set(engine.analyzer.content_morphemes(text))) / len(query_terms)
-            score = float(cosines[row_of_chunk[position] + offset]) + LEXICAL_WEIGHT * overlap
+            score = float(cosines[retriever.first_sentence_row[position] + offset]) + LEXICAL_WEIGHT * overlap
             scored.append(ScoredSentence(position, start, end, score))
     scored.sort(key=lambda s: -s.score)
     return scored
