@@ -63,7 +63,7 @@ class ScoredSentence:
 def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]) -> list[ScoredSentence]:
     """Every distinct sentence of the passages with its score, best first."""
     retriever = engine.retriever
-    vector = engine.embedder.encode_queries([question])[0]
+    vector = retriever.query_vector(question)[0]
     cosines = retriever.sentence_scores(vector)
     query_terms = set(engine.analyzer.content_morphemes(question))
     seen: set[tuple[str, int, int]] = set()

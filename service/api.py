@@ -13,7 +13,6 @@ import re
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -25,6 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
 from indexer.settings import Settings
+from indexer.retrieval import Passage
+from service.answer import Citation
 from service.qa import AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
@@ -51,46 +52,26 @@ class AskRequest(BaseModel):
         return value
 
 
-class PassageOut(BaseModel):
-    chunk_id: str
-    doc: str
-    section: str
-    start: int
-    end: int
-    text: str
-    score: float
-
-
-class CitationOut(BaseModel):
-    id: int
-    chunk_id: str
-    doc: str
-    section: str
-    start: int
-    end: int
-    quote: str
-
-
 class AskResponse(BaseModel):
     answer: str
     abstained: bool
-    citations: list[CitationOut]
-    passages: list[PassageOut]
+    citations: list[Citation]
+    passages: list[Passage]
     timings_ms: dict[str, float]
     answer_mode: Literal["extractive", "generative"] = "extractive"
     notes: list[str] = Field(default_factory=list, description="e.g. why a generative answer fell back")
 
 
 class SearchResponse(BaseModel):
-    passages: list[PassageOut]
+    passages: list[Passage]
 
 
 def ask_response(result: AskResult) -> AskResponse:
     return AskResponse(
         answer=result.answer,
         abstained=result.abstained,
-        citations=[CitationOut(**asdict(c)) for c in result.citations],
-        passages=[PassageOut(**asdict(p)) for p in result.passages],
+        citations=result.citations,
+        passages=result.passages,
         timings_ms=result.timings_ms,
         answer_mode=result.answer_mode,
         notes=result.notes,
@@ -277,7 +258,7 @@ def create_app(
         """Ranked passages for a query, best first; `document[start:end] == text`."""
         qa_service = service()
         passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
-        return SearchResponse(passages=[PassageOut(**asdict(p)) for p in passages])
+        return SearchResponse(passages=passages)
 
     return app
 
