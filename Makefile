@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run index test bench clean
+.PHONY: install browser run index test bench clean
+# The browser tests drive Debian's Chromium (Playwright only drives it); a Korean font makes the page readable.
+BROWSER_PACKAGES := chromium fonts-nanum
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # torch goes first and pinned: its CPU build lies on the machines' disk, while letting the
 # resolver pick it (via sentence-transformers) may pull several GB of CUDA wheels.
@@ -16,13 +19,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+browser:
+	@dpkg -s $(BROWSER_PACKAGES) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES); }
+
 index: install
 	$(BIN)/bookqa index
 
 run: index
 	$(BIN)/bookqa serve
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 clean:

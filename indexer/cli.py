@@ -154,7 +154,7 @@ def serve(
     host: Annotated[str, typer.Option(help="주소")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="포트")] = 8000,
 ) -> None:
-    """Start the HTTP service (API under /v1, docs at /docs); builds the index first if needed."""
+    """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed."""
     import uvicorn
 
     from service.api import create_app
@@ -166,7 +166,7 @@ def serve(
         raise _fail(error, EXIT_UNUSABLE) from error
     if result.status == "built":
         console.print(f"색인을 만들었습니다: {result.path}")
-    console.print(f"bookqa: http://{host}:{port}/ (API 문서: http://{host}:{port}/docs)")
+    console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 

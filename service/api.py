@@ -1,4 +1,4 @@
-"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/healthz`, `/readyz`.
+"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/healthz`, `/readyz`, chat at `/ui`.
 
 Model and index load once, in the background at startup, so `/healthz` answers at once and
 `/readyz` turns 200 when questions can be served. Inference runs in a thread pool, off the
@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -167,8 +167,12 @@ def create_app(
     settings: Settings | None = None,
     qa: QAService | None = None,
     loader: Callable[[], QAService] | None = None,
+    chat_ui: bool = True,
 ) -> FastAPI:
-    """The FastAPI app; pass `qa` to serve an already-loaded service (tests, embedding)."""
+    """The FastAPI app; pass `qa` to serve an already-loaded service (tests, embedding).
+
+    With `chat_ui` the Gradio chat is mounted at `/ui` (and `/` leads there), sharing the service.
+    """
     settings = settings or Settings()
     state: dict[str, object] = {"qa": qa, "error": None}
     load = loader or (lambda: QAService.load(settings))
@@ -260,6 +264,14 @@ def create_app(
         passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
         return SearchResponse(passages=passages)
 
+    if chat_ui:
+        from ui.app import UI_PATH, mount_chat_ui
+
+        @app.get("/", include_in_schema=False)
+        async def home() -> RedirectResponse:
+            return RedirectResponse(f"{UI_PATH}/")
+
+        mount_chat_ui(app, lambda: state["qa"])  # type: ignore[arg-type, return-value]
     return app
 
 

@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from indexer.engine import SearchEngine
 from service.llm import LLMAnswerer
 from service.qa import QAService
-from tests.test_service import LoopbackServer, assert_exact
+from tests.servers import LoopbackServer
+from tests.test_service import assert_exact
 
 
 def fake_openai() -> tuple[FastAPI, dict]:

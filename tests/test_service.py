@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from indexer.engine import SearchEngine
 from service.api import create_app
 from service.qa import QAService
+from tests.servers import LoopbackServer
 
 GOLD = Path(__file__).resolve().parents[1] / "eval" / "gold" / "qa.jsonl"
 
@@ -182,37 +181,6 @@ def test_readyz_waits_for_the_model_and_index(qa: QAService) -> None:
             time.sleep(0.05)
         assert test_client.get("/readyz").status_code == 200
         assert test_client.get("/docs").status_code == 200
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LoopbackServer:
-    """A real uvicorn server on 127.0.0.1 in a thread, stopped on exit."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LoopbackServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "server did not start"
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def test_real_uvicorn_server_on_loopback(qa: QAService, engine: SearchEngine) -> None:

@@ -1,0 +1,188 @@
+"""The chat UI: safe rendering, Gradio's own client against a running app, and a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from indexer.engine import SearchEngine
+from service.answer import ABSTAIN_MESSAGE
+from service.api import create_app
+from service.qa import QAService
+from tests.servers import LoopbackServer
+from ui.app import Conversation, make_respond
+from ui.render import answer_markdown, escape_markdown, sources_html
+
+CHROMIUM = os.environ.get("BOOKQA_CHROMIUM", "/usr/bin/chromium")
+# Flags for a closed network: without them Chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+INJECTION = '<img src=x onerror="window.__bookqa_xss=1"><script>window.__bookqa_xss=2</script> 마이데이터'
+
+
+@pytest.fixture(scope="module")
+def qa(engine: SearchEngine) -> QAService:
+    return QAService(engine)
+
+
+@pytest.fixture(scope="module")
+def server(qa: QAService) -> Iterator[LoopbackServer]:
+    with LoopbackServer(create_app(qa=qa)) as running:
+        yield running
+
+
+def test_markers_link_to_their_cards_and_text_stays_text() -> None:
+    rendered = answer_markdown("가 [1] 나 [2] 다 [7] <b>x</b>", turn=3, markers={1, 2})
+    assert "[\\[1\\]](#bq-cite-3-1)" in rendered and "[\\[2\\]](#bq-cite-3-2)" in rendered
+    assert "\\[7\\]" in rendered  # a marker naming no citation stays plain text
+    assert "\\<b\\>" in rendered
+    assert escape_markdown("1. 목록\n# 제목") == "1\\. 목록\n\\# 제목"
+
+
+def test_sources_panel_escapes_book_and_user_text(qa: QAService) -> None:
+    respond = make_respond(lambda: qa)
+    *_, (_, chat, conversation, sources) = respond("NFT는 무엇인가요?", [], None, 5, "hybrid")
+    assert "<script" not in sources and "onerror" not in sources.replace("&quot;", "")
+    assert conversation.turns[0].cards, "an answer about NFT cites the book"
+    for view in conversation.turns[0].cards:
+        assert f'id="bq-cite-1-{view.citation.id}"' in sources
+    html_free = sources_html(conversation.turns)
+    assert html_free == sources
+
+
+def test_follow_up_keeps_the_conversation_and_old_citations(qa: QAService, engine: SearchEngine) -> None:
+    respond = make_respond(lambda: qa)
+    *_, (_, chat, conversation, _) = respond("마이페이먼트가 뭐야?", [], Conversation(), 5, "hybrid")
+    *_, (_, chat, conversation, sources) = respond("그게 도입되면 뭐가 좋아?", chat, conversation, 5, "hybrid")
+    assert [turn.role for turn in conversation.history] == ["user", "assistant"] * 2
+    assert len(chat) == 4
+    expected = qa.ask("그게 도입되면 뭐가 좋아?", history=conversation.history[:2])
+    assert conversation.history[-1].content == expected.answer
+    # Both answers' markers stay clickable: the cards of turn 1 and turn 2 are in the panel.
+    assert "bq-cite-1-1" in sources and "bq-cite-2-1" in sources
+
+
+def test_blank_question_and_unready_service_change_nothing(qa: QAService) -> None:
+    outputs = list(make_respond(lambda: qa)("   ", [], Conversation(), 5, "hybrid"))
+    assert len(outputs) == 1 and outputs[0][1] == []
+    outputs = list(make_respond(lambda: None)("마이데이터가 뭐야?", [], Conversation(), 5, "hybrid"))
+    assert outputs[0][0] == "마이데이터가 뭐야?" and outputs[0][1] == []
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def test_gradio_client_gets_an_answer_with_a_citation(server: LoopbackServer, engine: SearchEngine) -> None:
+    assert httpx.get(f"{server.url}/", follow_redirects=False).headers["location"] == "/ui/"
+    client = Client(f"{server.url}/ui/", verbose=False, download_files=False)
+    question_box, chat, sources = client.predict("마이데이터가 뭐야?", [], 5, "hybrid", api_name="/ask")
+    assert question_box == ""
+    answer = _text(chat[-1])
+    assert chat[-1]["role"] == "assistant"
+    assert "(#bq-cite-1-1)" in answer
+    quote = re.search(r'<mark class="bq-quote">(.*?)</mark>', sources, re.S)
+    assert quote and "본인 정보를 통합해 제공하는 사업" in quote.group(1)
+    assert quote.group(1) in engine.document_text("digital-trend-2023.txt")
+
+    _, chat, _ = client.predict("김치찌개 맛있게 끓이는 법 알려줘", [], 5, "hybrid", api_name="/ask")
+    assert ABSTAIN_MESSAGE.split(".")[0] in _text(chat[-1])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `make test` installs it (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+def _open_chat(page, url: str) -> None:
+    # Not "networkidle": Gradio keeps a connection open for its queue.
+    page.goto(url, wait_until="load")
+    page.locator("#bq-question textarea").wait_for(timeout=30_000)
+
+
+def _ask_in_page(page, question: str) -> str:
+    """Type a question, press Enter, and wait until the streamed answer stops changing."""
+    bots = page.locator("#bq-chat [data-testid='bot']")
+    before = bots.count()
+    page.locator("#bq-question textarea").fill(question)
+    page.locator("#bq-question textarea").press("Enter")
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"#bq-chat [data-testid='bot']\").length > n", arg=before, timeout=60_000
+    )
+    last, stable_since = None, time.monotonic()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = bots.last.inner_text()
+        if text != last:
+            last, stable_since = text, time.monotonic()
+        elif text.strip() and time.monotonic() - stable_since > 0.8:
+            return text
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the answer did not settle: {last!r}")
+
+
+def test_browser_asks_streams_and_clicks_through_to_the_sentence(
+    server: LoopbackServer, browser, engine: SearchEngine, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="ko-KR")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    _open_chat(page, f"{server.url}/")
+    answer = _ask_in_page(page, "마이데이터가 뭐야?")
+    assert "[1]" in answer
+    link = page.locator("#bq-chat a[href='#bq-cite-1-1']")
+    link.wait_for(timeout=60_000)
+    card = page.locator("#bq-cite-1-1")
+    assert not card.is_visible()
+    link.click()
+    card.wait_for(state="visible", timeout=10_000)
+    quote = card.locator("mark.bq-quote").inner_text()
+    assert "본인 정보를 통합해 제공하는 사업" in quote
+    assert quote in engine.document_text("digital-trend-2023.txt")
+    assert "TREND 2" in card.locator(".bq-cite-head").inner_text()
+    assert page.url.endswith("/ui/"), "the citation opened in the page, not a new tab"
+    screenshot = Path(os.environ.get("BOOKQA_UI_SCREENSHOT", tmp_path / "chat.png"))
+    page.screenshot(path=str(screenshot))
+    assert screenshot.stat().st_size > 10_000
+    assert not errors, errors
+    page.close()
+
+
+def test_browser_never_runs_injected_markup(server: LoopbackServer, browser) -> None:
+    page = browser.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    _open_chat(page, f"{server.url}/ui/")
+    _ask_in_page(page, INJECTION)
+    assert page.evaluate("window.__bookqa_xss") is None
+    assert not dialogs
+    user_text = page.locator("#bq-chat [data-testid='user']").last.inner_text()
+    assert "<img src=x onerror=" in user_text, "the question is shown as the text the user typed"
+    assert page.locator("#bq-chat img[src='x']").count() == 0
+    assert page.locator("#bq-sources script").count() == 0
+    page.close()
