@@ -170,5 +170,50 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
+@app.command("eval")
+def evaluate_gold(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일 (JSONL)")],
+    out: Annotated[Path, typer.Option("--out", help="결과 폴더 (run.jsonl, metrics.json, report.md, report.png)")],
+    modes: Annotated[str, typer.Option("--modes", help="쉼표로 구분한 검색 방식")] = "hybrid,dense,bm25",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="검색 지표에 쓸 구절 수 (10 이상)")] = 10,
+) -> None:
+    """Evaluate retrieval and answers on a gold question file, for every mode (issue #5)."""
+    from eval.evaluate import evaluate
+    from eval.gold import GoldFileError, load_gold
+    from eval.report import RETRIEVAL_COLUMNS
+    from indexer.engine import MAX_TOP_K
+    from indexer.settings import SEARCH_MODES
+    from service.qa import QAService
+
+    chosen = list(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
+    unknown = [m for m in chosen if m not in SEARCH_MODES]
+    if not chosen or unknown:
+        raise _fail(
+            ValueError(f"알 수 없는 검색 방식입니다: {', '.join(unknown) or modes!r} (가능: {', '.join(SEARCH_MODES)})"),
+            EXIT_BAD_INPUT,
+        )
+    if not 10 <= top_k <= MAX_TOP_K:
+        raise _fail(ValueError(f"--top-k는 10에서 {MAX_TOP_K} 사이여야 합니다: {top_k}"), EXIT_BAD_INPUT)
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise _fail(error, EXIT_BAD_INPUT) from error
+    qa = _load_or_exit(QAService.load, ctx.obj)
+    try:
+        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k)
+    except OSError as error:
+        raise _fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
+    for m in result.metrics:
+        figures = "  ".join(
+            f"{title} {'n/a' if getattr(m, name) is None else format(getattr(m, name), '.3f')}"
+            for name, title in RETRIEVAL_COLUMNS
+        )
+        if m.answer_containment is not None:
+            figures += f"  containment {m.answer_containment:.3f}  p50 {m.latency_p50_ms:.0f} ms"
+        console.print(f"[bold]{m.mode}[/bold]  {figures}", soft_wrap=True)
+    console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")
+
+
 if __name__ == "__main__":
     app()

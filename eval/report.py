@@ -1,0 +1,181 @@
+"""Write the evaluation's outputs: metrics.json (machine-readable), report.md (for people), report.png (chart).
+
+All three come from the same ModeMetrics, so the table, the chart and the JSON never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eval.scoring import ModeMetrics
+
+RELEVANCE_NOTE = (
+    "A passage is relevant iff its text contains any evidence string of the question (binary relevance). "
+    "Recall@k is hit-style: the share of answerable questions with at least one relevant passage in the top k."
+)
+# (ModeMetrics field, column title) of the Markdown tables.
+RETRIEVAL_COLUMNS = (
+    ("recall_at_1", "Recall@1"),
+    ("recall_at_3", "Recall@3"),
+    ("recall_at_5", "Recall@5"),
+    ("recall_at_10", "Recall@10"),
+    ("mrr_at_10", "MRR@10"),
+    ("ndcg_at_10", "nDCG@10"),
+)
+ANSWER_COLUMNS = (
+    ("answer_containment", "containment"),
+    ("answer_token_f1", "token F1"),
+    ("abstention_precision", "abstention P"),
+    ("abstention_recall", "abstention R"),
+    ("n_abstained", "abstained"),
+    ("latency_p50_ms", "p50 ms"),
+    ("latency_p95_ms", "p95 ms"),
+)
+# (ModeMetrics field, bar label) of the chart.
+CHART_METRICS = (
+    ("recall_at_1", "Recall@1"),
+    ("recall_at_5", "Recall@5"),
+    ("mrr_at_10", "MRR@10"),
+    ("ndcg_at_10", "nDCG@10"),
+    ("answer_containment", "Answer containment"),
+)
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What the figures were measured on: gold file, index manifest, settings, date and run time.
+
+    Kept beside the numbers so a report can be compared with a later one.
+    """
+
+    gold_path: str
+    created_at: str
+    top_k: int
+    answer_top_k: int
+    elapsed_seconds: float
+    index: dict[str, object]
+    unfindable_question_ids: list[str] = field(default_factory=list)
+
+
+def write_metrics_json(path: Path, metrics: Sequence[ModeMetrics], context: ReportContext) -> None:
+    """metrics.json: the context, the relevance definition and every mode's figures (null = not applicable)."""
+    payload = {
+        **asdict(context),
+        "relevance": RELEVANCE_NOTE,
+        "modes": {m.mode: {k: v for k, v in asdict(m).items() if k != "mode"} for m in metrics},
+    }
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def _table(metrics: Sequence[ModeMetrics], columns: Sequence[tuple[str, str]]) -> list[str]:
+    lines = ["| mode | " + " | ".join(title for _, title in columns) + " |"]
+    lines.append("|---|" + "---:|" * len(columns))
+    for m in metrics:
+        row = asdict(m)
+        lines.append(f"| {m.mode} | " + " | ".join(_cell(row[name]) for name, _ in columns) + " |")
+    return lines
+
+
+def render_markdown(metrics: Sequence[ModeMetrics], context: ReportContext) -> str:
+    """report.md's text: retrieval and answer tables with a row per mode, metric definitions and the setup."""
+    first = metrics[0]
+    index = context.index
+    lines = [
+        "# bookqa evaluation",
+        "",
+        f"{context.created_at} · gold `{context.gold_path}`: {first.n_questions} questions "
+        f"({first.n_answerable} answerable, {first.n_unanswerable} unanswerable) · "
+        f"evaluated in {context.elapsed_seconds:.0f} s",
+        "",
+        "![modes compared](report.png)",
+        "",
+        f"## Retrieval (top {context.top_k}, {first.n_answerable} answerable questions)",
+        "",
+        *_table(metrics, RETRIEVAL_COLUMNS),
+        "",
+        f"## Answers (as `POST /v1/ask` with top_k={context.answer_top_k})",
+        "",
+        *_table([m for m in metrics if m.answer_containment is not None], ANSWER_COLUMNS),
+        "",
+        "## What the metrics mean",
+        "",
+        f"- **Relevance.** {RELEVANCE_NOTE}",
+        "- **MRR@10**: mean of 1/rank of the first relevant passage (0 if none in the top 10). "
+        "**nDCG@10**: binary nDCG, the ideal ranking puts every relevant chunk of the index first.",
+        "- **containment**: share of answerable questions whose answer (not an abstention) contains any gold "
+        "answer, case-insensitive. **token F1**: F1 of the answer's Kiwi content morphemes against a gold "
+        "answer's (best gold answer; abstention = 0), over answerable questions.",
+        "- **abstention P**: of the abstentions, the share on unanswerable questions. **abstention R**: of the "
+        "unanswerable questions, the share abstained on.",
+        "- **p50/p95 ms**: wall time of one `QAService.ask` call (retrieval + answer, query embedding not cached).",
+        "- **bm25-whitespace** is a reference, not a service mode: BM25 (bm25s) over lower-cased "
+        "whitespace-split words of the same chunk texts, to show what Kiwi morphemes add. Retrieval only.",
+        "",
+        "## Setup",
+        "",
+        *(f"- {key}: {_cell(value) if not isinstance(value, (dict, list)) else json.dumps(value, ensure_ascii=False)}"
+          for key, value in index.items()),
+    ]
+    if context.unfindable_question_ids:
+        lines += [
+            "",
+            f"Answerable questions whose evidence no chunk contains (misses in every mode): "
+            f"{', '.join(context.unfindable_question_ids)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report_md(path: Path, metrics: Sequence[ModeMetrics], context: ReportContext) -> None:
+    """report.md for people reading the results on GitHub."""
+    path.write_text(render_markdown(metrics, context), encoding="utf-8")
+
+
+def write_report_png(path: Path, metrics: Sequence[ModeMetrics]) -> None:
+    """report.png: grouped bars, one group per metric, one bar per mode (English labels, no Korean font needed).
+
+    A metric a mode does not have (answers of the reference) is left out and marked n/a.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_modes = len(metrics)
+    width = 0.8 / max(n_modes, 1)
+    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
+    colors = plt.get_cmap("tab10").colors
+    for i, m in enumerate(metrics):
+        row = asdict(m)
+        for j, (name, _) in enumerate(CHART_METRICS):
+            x = j - 0.4 + width * (i + 0.5)
+            value = row[name]
+            if value is None:
+                ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=8, rotation=90, color="dimgrey")
+                continue
+            ax.bar(x, value, width, color=colors[i % len(colors)])
+            ax.text(x, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)]) for i in range(n_modes)]
+    ax.legend(
+        handles, [m.mode for m in metrics], loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=n_modes, fontsize=9
+    )
+    ax.set_xticks(range(len(CHART_METRICS)), [label for _, label in CHART_METRICS])
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("score (answerable questions)")
+    ax.set_title(f"bookqa retrieval and answers by mode ({metrics[0].n_answerable} answerable questions)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,143 @@
+"""Score recorded runs against the gold set: relevance judgments per question, metrics per mode.
+
+Joins runner output with gold questions and the index's chunks, then applies the pure functions of eval.metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from eval.gold import GoldQuestion
+from eval.metrics import (
+    abstention_precision_recall,
+    best_token_f1,
+    contains_answer,
+    hit_at_k,
+    is_relevant,
+    mean,
+    ndcg_at_k,
+    percentile,
+    reciprocal_rank,
+    strip_markers,
+)
+from eval.runner import QuestionRun
+from indexer.chunking import Chunk
+
+RECALL_CUTOFFS = (1, 3, 5, 10)
+RANK_CUTOFF = 10
+Tokenizer = Callable[[str], list[str]]
+
+
+@dataclass(frozen=True)
+class ModeMetrics:
+    """All figures of one mode; answer and latency figures are None for the retrieval-only reference.
+
+    Retrieval figures are over answerable questions; recall_at_k is hit-style (any relevant passage in the top k).
+    """
+
+    mode: str
+    n_questions: int
+    n_answerable: int
+    n_unanswerable: int
+    recall_at_1: float | None
+    recall_at_3: float | None
+    recall_at_5: float | None
+    recall_at_10: float | None
+    mrr_at_10: float | None
+    ndcg_at_10: float | None
+    answer_containment: float | None = None
+    answer_token_f1: float | None = None
+    abstention_precision: float | None = None
+    abstention_recall: float | None = None
+    n_abstained: int | None = None
+    n_abstained_answerable: int | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+
+
+def relevant_chunk_ids(chunks: Sequence[Chunk], question: GoldQuestion) -> set[str]:
+    """Ids of every chunk in the index whose text contains one of the question's evidence strings.
+
+    The ideal ranking of nDCG is built from these; an empty set for an answerable question means the
+    evidence straddles chunk boundaries, so no ranking can find it.
+    """
+    return {chunk.chunk_id for chunk in chunks if is_relevant(chunk.text, question.evidence)}
+
+
+def score_mode(
+    mode: str,
+    runs: Sequence[QuestionRun],
+    gold: Sequence[GoldQuestion],
+    relevant: dict[str, set[str]],
+    tokenize: Tokenizer | None,
+) -> ModeMetrics:
+    """Metrics of one mode's runs; answer metrics only when `tokenize` is given and the runs have answers.
+
+    Token F1 compares `tokenize(answer)` with `tokenize(gold answer)` (max over gold answers; abstention → 0).
+    """
+    by_id = {run.id: run for run in runs if run.mode == mode}
+    missing = [q.id for q in gold if q.id not in by_id]
+    if missing:
+        raise ValueError(f"mode {mode} has no run for {missing[:5]}")
+    answerable = [q for q in gold if q.answerable]
+    relevance = {q.id: [p.chunk_id in relevant[q.id] for p in by_id[q.id].passages] for q in answerable}
+
+    def over_answerable(metric: Callable[[GoldQuestion], float]) -> float | None:
+        return mean([metric(q) for q in answerable])
+
+    retrieval = dict(
+        recall_at_1=over_answerable(lambda q: hit_at_k(relevance[q.id], 1)),
+        recall_at_3=over_answerable(lambda q: hit_at_k(relevance[q.id], 3)),
+        recall_at_5=over_answerable(lambda q: hit_at_k(relevance[q.id], 5)),
+        recall_at_10=over_answerable(lambda q: hit_at_k(relevance[q.id], 10)),
+        mrr_at_10=over_answerable(lambda q: reciprocal_rank(relevance[q.id], RANK_CUTOFF)),
+        ndcg_at_10=over_answerable(lambda q: ndcg_at_k(relevance[q.id], len(relevant[q.id]), RANK_CUTOFF)),
+    )
+    counts = dict(mode=mode, n_questions=len(gold), n_answerable=len(answerable), n_unanswerable=len(gold) - len(answerable))
+    has_answers = all(by_id[q.id].abstained is not None for q in gold)
+    if tokenize is None or not has_answers:
+        return ModeMetrics(**counts, **retrieval)
+
+    def answered(q: GoldQuestion) -> str | None:
+        run = by_id[q.id]
+        return None if run.abstained else (run.answer or "")
+
+    def f1(q: GoldQuestion) -> float:
+        answer = answered(q)
+        if answer is None:
+            return 0.0
+        return best_token_f1(tokenize(strip_markers(answer)), [tokenize(gold_answer) for gold_answer in q.answers])
+
+    abstained = [bool(by_id[q.id].abstained) for q in gold]
+    precision, recall = abstention_precision_recall(abstained, [q.answerable for q in gold])
+    latencies = [by_id[q.id].latency_ms for q in gold if by_id[q.id].latency_ms is not None]
+    return ModeMetrics(
+        **counts,
+        **retrieval,
+        answer_containment=over_answerable(lambda q: float(answered(q) is not None and contains_answer(answered(q), q.answers))),
+        answer_token_f1=over_answerable(f1),
+        abstention_precision=precision,
+        abstention_recall=recall,
+        n_abstained=sum(abstained),
+        n_abstained_answerable=sum(a for a, q in zip(abstained, gold) if q.answerable),
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+    )
+
+
+def score_runs(
+    runs: Sequence[QuestionRun],
+    gold: Sequence[GoldQuestion],
+    chunks: Sequence[Chunk],
+    tokenize: Tokenizer,
+) -> list[ModeMetrics]:
+    """Metrics of every mode present in `runs`, in the order the modes first appear."""
+    relevant = {q.id: relevant_chunk_ids(chunks, q) for q in gold}
+    modes = list(dict.fromkeys(run.mode for run in runs))
+    return [score_mode(mode, runs, gold, relevant, tokenize) for mode in modes]
+
+
+def unfindable_questions(gold: Sequence[GoldQuestion], chunks: Sequence[Chunk]) -> list[str]:
+    """Ids of answerable questions whose evidence no single chunk contains (they count as misses everywhere)."""
+    return [q.id for q in gold if q.answerable and not relevant_chunk_ids(chunks, q)]
