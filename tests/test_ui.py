@@ -18,7 +18,7 @@ from service.answer import ABSTAIN_MESSAGE
 from service.api import create_app
 from service.qa import QAService
 from tests.servers import LoopbackServer
-from ui.app import Conversation, make_respond
+from ui.app import EXAMPLE_QUESTIONS, Conversation, make_respond
 from ui.render import answer_markdown, escape_markdown, sources_html
 
 CHROMIUM = os.environ.get("BOOKQA_CHROMIUM", "/usr/bin/chromium")
@@ -75,6 +75,12 @@ def test_follow_up_keeps_the_conversation_and_old_citations(qa: QAService, engin
     assert conversation.history[-1].content == expected.answer
     # Both answers' markers stay clickable: the cards of turn 1 and turn 2 are in the panel.
     assert "bq-cite-1-1" in sources and "bq-cite-2-1" in sources
+
+
+@pytest.mark.parametrize("question", EXAMPLE_QUESTIONS)
+def test_every_example_question_gets_a_cited_answer(qa: QAService, question: str) -> None:
+    result = qa.ask(question)
+    assert not result.abstained and result.citations, result.answer
 
 
 def test_blank_question_and_unready_service_change_nothing(qa: QAService) -> None:
