@@ -83,9 +83,12 @@ def test_every_example_question_gets_a_cited_answer(qa: QAService, question: str
     assert not result.abstained and result.citations, result.answer
 
 
-def test_blank_question_and_unready_service_change_nothing(qa: QAService) -> None:
+def test_blank_or_too_long_question_and_unready_service_change_nothing(qa: QAService) -> None:
     outputs = list(make_respond(lambda: qa)("   ", [], Conversation(), 5, "hybrid"))
     assert len(outputs) == 1 and outputs[0][1] == []
+    too_long = "마이데이터 " * 500
+    outputs = list(make_respond(lambda: qa)(too_long, [], Conversation(), 5, "hybrid"))
+    assert len(outputs) == 1 and outputs[0][0] == too_long and outputs[0][1] == []  # kept for editing
     outputs = list(make_respond(lambda: None)("마이데이터가 뭐야?", [], Conversation(), 5, "hybrid"))
     assert outputs[0][0] == "마이데이터가 뭐야?" and outputs[0][1] == []
 

@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 from fastapi import FastAPI
 
-from indexer.engine import QueryError
+from indexer.engine import MAX_QUERY_CHARS, QueryError
 from indexer.settings import SEARCH_MODES
 from service.qa import QAService, Turn
 from ui.render import RenderedTurn, answer_markdown, escape_markdown, rendered_turn, sources_html
@@ -173,6 +173,8 @@ def build_chat_ui(get_service: Callable[[], QAService | None]) -> gr.Blocks:
                         elem_id="bq-question",
                         scale=5,
                         max_lines=4,
+                        # The browser stops typing at the service's limit, rather than failing after sending.
+                        max_length=MAX_QUERY_CHARS,
                         submit_btn=False,
                     )
                     send = gr.Button("보내기", variant="primary", scale=1, elem_id="bq-send")
