@@ -8,6 +8,7 @@ sentence of the whole book matches the question too weakly (threshold calibrated
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from indexer.engine import SearchEngine
@@ -122,3 +123,8 @@ def citation_for_marker(
         start, end = passage.start, passage.end
     quote = engine.document_text(passage.doc)[start:end]
     return Citation(marker, passage.chunk_id, passage.doc, passage.section, start, end, quote)
+
+
+def stream_pieces(answer: str) -> list[str]:
+    """The answer cut into words with their trailing space, the units streamed to the API and the chat."""
+    return re.findall(r"\S+\s*", answer) or [answer]

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
-from service.answer import Citation
+from service.answer import Citation, stream_pieces
 from service.qa import AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def create_app(
         response = ask_response(result)
 
         async def events() -> AsyncIterator[str]:
-            for piece in re.findall(r"\S+\s*", response.answer):
+            for piece in stream_pieces(response.answer):
                 yield _sse("delta", {"text": piece})
             yield _sse("done", response.model_dump())
 

@@ -16,14 +16,15 @@ from indexer.settings import Settings
 BOOKQA = shutil.which("bookqa") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "bookqa")
 
 
-def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`bookqa *args` as a subprocess over `settings`' corpus and index."""
     env = {
         **os.environ,
         "BOOKQA_CORPUS_DIR": str(settings.corpus_dir),
         "BOOKQA_INDEX_DIR": str(settings.index_dir),
         "HF_HUB_OFFLINE": "1",
     }
-    return subprocess.run([BOOKQA, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([BOOKQA, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_search_json_puts_the_mydata_definition_first(private_settings: Settings) -> None:

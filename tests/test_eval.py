@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,10 +27,10 @@ from eval.scoring import relevant_chunk_ids, score_mode
 from indexer.engine import SearchEngine
 from indexer.settings import Settings
 from service.qa import QAService
+from tests.test_cli import run
 
 REPO = Path(__file__).resolve().parents[1]
 GOLD = REPO / "eval" / "gold" / "qa.jsonl"
-BOOKQA = shutil.which("bookqa") or str(REPO / ".venv" / "bin" / "bookqa")
 
 
 @pytest.fixture(scope="module")
@@ -245,13 +243,7 @@ def test_unanswerable_without_answers_is_fine_and_empty_files_are_not(tmp_path: 
 
 
 def run_bookqa(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "BOOKQA_CORPUS_DIR": str(settings.corpus_dir),
-        "BOOKQA_INDEX_DIR": str(settings.index_dir),
-        "HF_HUB_OFFLINE": "1",
-    }
-    return subprocess.run([BOOKQA, *args], capture_output=True, text=True, env=env, timeout=600)
+    return run(settings, *args, timeout=600)
 
 
 def test_cli_rejects_a_malformed_gold_file(book_settings: Settings, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ shows every `[n]` citation as the quoted sentence highlighted in its passage.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from fastapi import FastAPI
 
 from indexer.engine import MAX_QUERY_CHARS, QueryError
 from indexer.settings import SEARCH_MODES
+from service.answer import stream_pieces
 from service.qa import QAService, Turn
 from ui.render import RenderedTurn, answer_markdown, escape_markdown, rendered_turn, sources_html
 
@@ -90,10 +90,6 @@ class Conversation:
     turns: list[RenderedTurn] = field(default_factory=list)
 
 
-def _stream_pieces(text: str) -> list[str]:
-    return re.findall(r"\S+\s*", text) or [text]
-
-
 def make_respond(get_service: Callable[[], QAService | None]) -> Callable[..., Iterator[tuple[Any, ...]]]:
     """The chat handler: ask the service, then stream the answer and show its sources."""
 
@@ -125,7 +121,7 @@ def make_respond(get_service: Callable[[], QAService | None]) -> Callable[..., I
         markers = {citation.id for citation in result.citations}
         chat += [{"role": "user", "content": escape_markdown(question)}, {"role": "assistant", "content": ""}]
         shown = ""
-        for piece in _stream_pieces(result.answer):
+        for piece in stream_pieces(result.answer):
             shown += piece
             chat[-1] = {"role": "assistant", "content": answer_markdown(shown, turn, markers)}
             yield "", chat, conversation, sources
