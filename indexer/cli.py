@@ -178,7 +178,7 @@ def evaluate_gold(
     modes: Annotated[str, typer.Option("--modes", help="쉼표로 구분한 검색 방식")] = "hybrid,dense,bm25",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="검색 지표에 쓸 구절 수 (10 이상)")] = 10,
 ) -> None:
-    """Evaluate retrieval and answers on a gold question file, for every mode (issue #5)."""
+    """Evaluate retrieval and answers on a gold question file, for every mode; writes a report and a chart."""
     from eval.evaluate import evaluate
     from eval.gold import GoldFileError, load_gold
     from eval.report import RETRIEVAL_COLUMNS
