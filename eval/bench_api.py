@@ -7,9 +7,7 @@ Run: .venv/bin/python -m eval.bench_api [--gold eval/gold/qa.jsonl]
 from __future__ import annotations
 
 import argparse
-import json
 import socket
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from eval.gold import load_gold
+from eval.metrics import contains_answer, percentile
 from indexer.settings import Settings
 from service.api import create_app
 
@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--gold", type=Path, default=Path("eval/gold/qa.jsonl"))
     args = parser.parse_args()
-    gold = [json.loads(line) for line in args.gold.read_text(encoding="utf-8").splitlines() if line.strip()]
+    gold = load_gold(args.gold)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -41,14 +41,14 @@ def main() -> None:
             pass
         time.sleep(0.2)
     latencies, contained, false_abstain, true_abstain = [], 0, 0, 0
-    answerable = [g for g in gold if g["answerable"]]
+    answerable = [g for g in gold if g.answerable]
     for item in gold:
         started = time.perf_counter()
-        body = httpx.post(f"{url}/v1/ask", json={"question": item["question"]}, timeout=120).json()
+        body = httpx.post(f"{url}/v1/ask", json={"question": item.question}, timeout=120).json()
         latencies.append((time.perf_counter() - started) * 1000)
-        if item["answerable"]:
+        if item.answerable:
             false_abstain += body["abstained"]
-            contained += (not body["abstained"]) and any(a.lower() in body["answer"].lower() for a in item["answers"])
+            contained += (not body["abstained"]) and contains_answer(body["answer"], item.answers)
         else:
             true_abstain += body["abstained"]
     server.should_exit = True
@@ -57,8 +57,7 @@ def main() -> None:
     print(f"answer contains an expected answer: {contained / len(answerable):.3f}")
     print(f"false abstentions on answerable:   {false_abstain / len(answerable):.3f}")
     print(f"abstentions on unanswerable:       {true_abstain / max(n_unanswerable, 1):.3f}")
-    latencies.sort()
-    print(f"/v1/ask latency ms: median {statistics.median(latencies):.1f}, p95 {latencies[int(0.95 * (len(latencies) - 1))]:.1f}")
+    print(f"/v1/ask latency ms: median {percentile(latencies, 50):.1f}, p95 {percentile(latencies, 95):.1f}")
 
 
 if __name__ == "__main__":
