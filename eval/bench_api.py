@@ -1,6 +1,7 @@
 """Benchmark of the question API over real HTTP: answer quality, abstention and latency.
 
-Starts the service on a free loopback port, asks every gold question once and prints figures.
+Starts `bookqa serve` (the API with the chat, as users run it) on a free loopback port, asks
+every gold question once and prints figures.
 Run: .venv/bin/python -m eval.bench_api [--gold eval/gold/qa.jsonl]
 """
 
@@ -8,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import socket
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from eval.gold import load_gold
 from eval.metrics import contains_answer, percentile
-from indexer.settings import Settings
-from service.api import create_app
 
 
 def main() -> None:
@@ -29,11 +28,14 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings()), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and server.poll() is None:
         try:
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
                 break
@@ -51,7 +53,8 @@ def main() -> None:
             contained += (not body["abstained"]) and contains_answer(body["answer"], item.answers)
         else:
             true_abstain += body["abstained"]
-    server.should_exit = True
+    server.terminate()
+    server.wait(30)
     n_unanswerable = len(gold) - len(answerable)
     print(f"questions: {len(gold)} ({len(answerable)} answerable, {n_unanswerable} not)")
     print(f"answer contains an expected answer: {contained / len(answerable):.3f}")

@@ -33,7 +33,7 @@ class EvaluationResult:
 
 def index_summary(qa: QAService) -> dict[str, object]:
     """Model and index settings from the loaded index's manifest (and the fusion settings), for the report."""
-    manifest = qa.engine.index.manifest
+    manifest = qa.engine.manifest
     settings = qa.engine.settings
     return {
         "model": manifest.model.name,
@@ -67,7 +67,7 @@ def evaluate(
     """
     started = time.perf_counter()
     runs = run_all(qa, gold, modes, top_k, show_progress=show_progress)
-    chunks = qa.engine.index.chunks
+    chunks = list(qa.engine.chunks())
     metrics = score_runs(runs, gold, chunks, qa.engine.analyzer.content_morphemes)
     elapsed = round(time.perf_counter() - started, 1)
     unfindable = unfindable_questions(gold, chunks)

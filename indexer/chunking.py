@@ -9,12 +9,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from indexer.corpus import Document
 from indexer.korean import KoreanAnalyzer
 from indexer.structure import Section, Span, split_sections
 
 TokenCounter = Callable[[str], int]
+SentenceKind = Literal["heading", "toc", "text"]
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence of a chunk in document offsets, with what answering needs of it, computed at index time.
+
+    `kind` says whether the line is a section heading, a table-of-contents entry or body text;
+    `terms` are its Kiwi content morphemes, so no question has to run Kiwi over the book again.
+    """
+
+    start: int
+    end: int
+    kind: SentenceKind = "text"
+    terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,8 +44,20 @@ class Chunk:
     start: int
     end: int
     text: str
-    # Sentence spans in document offsets: the units citations quote and answers are built from.
-    sentences: tuple[tuple[int, int], ...] = ()
+    # The units citations quote and answers are built from, in document order.
+    sentences: tuple[Sentence, ...] = ()
+
+    def sentence_text(self, sentence: Sentence) -> str:
+        """The text of one of this chunk's sentences (an exact slice of the document)."""
+        return self.text[sentence.start - self.start : sentence.end - self.start]
+
+    @classmethod
+    def from_record(cls, record: dict) -> Chunk:
+        """A chunk from its JSON record (as written by `dataclasses.asdict`)."""
+        sentences = tuple(
+            Sentence(item["start"], item["end"], item["kind"], tuple(item["terms"])) for item in record["sentences"]
+        )
+        return cls(**{**record, "heading_path": tuple(record["heading_path"]), "sentences": sentences})
 
 
 def embedding_text(chunk: Chunk) -> str:
@@ -102,6 +130,12 @@ def chunk_document(
     chunks: list[Chunk] = []
     for section in split_sections(document.text, analyzer, markdown=markdown):
         for span in pack_section(document.text, section, count_tokens, budget, overlap):
+            text = document.text[span.start : span.end]
+            sentences = []
+            for found in analyzer.split_sentences(text):
+                start, end = span.start + found.start, span.start + found.end
+                kind = _sentence_kind(section, Span(start, end))
+                sentences.append(Sentence(start, end, kind, tuple(analyzer.content_morphemes(text[found.start : found.end]))))
             chunks.append(
                 Chunk(
                     chunk_id=f"{document.doc_id}#{len(chunks)}",
@@ -110,11 +144,14 @@ def chunk_document(
                     heading_path=section.heading_path,
                     start=span.start,
                     end=span.end,
-                    text=document.text[span.start : span.end],
-                    sentences=tuple(
-                        (span.start + sentence.start, span.start + sentence.end)
-                        for sentence in analyzer.split_sentences(document.text[span.start : span.end])
-                    ),
+                    text=text,
+                    sentences=tuple(sentences),
                 )
             )
     return chunks
+
+
+def _sentence_kind(section: Section, span: Span) -> SentenceKind:
+    if section.heading == span:
+        return "heading"
+    return "toc" if section.is_toc else "text"

@@ -6,16 +6,25 @@ retrieval path and evaluation measures what users get.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
+
+from indexer.build import BuildResult, build_index
+from indexer.chunking import Chunk, SentenceKind
 from indexer.embedding import Embedder
 from indexer.korean import KoreanAnalyzer, get_analyzer
+from indexer.manifest import Manifest
 from indexer.retrieval import Passage, Retriever
 from indexer.settings import SEARCH_MODES, SearchMode, Settings
-from indexer.store import BuildResult, build_index, load_index
+from indexer.store import load_index
 
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
+# Retrieval and answering use the same question's vector and morphemes; follow-ups repeat questions.
+QUERY_CACHE_SIZE = 64
 
 
 class QueryError(ValueError):
@@ -57,16 +66,42 @@ def ensure_index(settings: Settings, force: bool = False, show_progress: bool = 
     return build_index(settings, load_embedder(settings), load_analyzer(settings), force, show_progress)
 
 
+@dataclass(frozen=True)
+class SentenceMatch:
+    """A sentence of a chunk with its cosine to a query: what answerers choose quotes from."""
+
+    chunk_id: str
+    doc: str
+    section: str
+    heading_path: tuple[str, ...]
+    start: int
+    end: int
+    text: str
+    kind: SentenceKind
+    terms: tuple[str, ...]
+    cosine: float
+
+
 class SearchEngine:
-    """Loaded model and index; `search` is the one retrieval path of bookqa."""
+    """Loaded model and index; `search` is the one retrieval path of bookqa.
+
+    Everything above this layer (answers, API, chat, evaluation) reads the index through these
+    public methods; a question is embedded and analysed once, however many steps use it.
+    """
 
     def __init__(self, settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer) -> None:
         self.settings = settings
         self.embedder = embedder
         self.analyzer = analyzer
-        self.index = load_index(settings, embedder)
-        self.retriever = Retriever(
-            self.index, embedder, analyzer, fusion=settings.fusion, dense_weight=settings.dense_weight
+        self._store = load_index(settings, embedder)
+        self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
+        self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
+        self._retriever = Retriever(
+            self._store,
+            self.embed_query,
+            self.query_terms,
+            fusion=settings.fusion,
+            dense_weight=settings.dense_weight,
         )
 
     @classmethod
@@ -74,11 +109,77 @@ class SearchEngine:
         """Load model and index once; raises IndexLoadError or EmbedderError with a clear message."""
         return cls(settings, load_embedder(settings), load_analyzer(settings))
 
+    def _embed_query(self, query: str) -> np.ndarray:
+        """The query's embedding as a 1×dim array (read-only: it is shared through the cache)."""
+        vector = self.embedder.encode_queries([query])
+        vector.setflags(write=False)
+        return vector
+
+    def _query_terms(self, text: str) -> tuple[str, ...]:
+        """The Kiwi content morphemes of a question, for BM25 and lexical overlap."""
+        return tuple(self.analyzer.content_morphemes(text))
+
+    def clear_caches(self) -> None:
+        """Forget cached query vectors and morphemes (so a timed question pays for them, like a new one)."""
+        self.embed_query.cache_clear()
+        self.query_terms.cache_clear()
+
     def search(self, query: str, top_k: int = 5, mode: SearchMode = "hybrid") -> list[Passage]:
         """The best passages for a query, validated first (QueryError on bad input)."""
         request = SearchRequest(query=query, top_k=top_k, mode=mode)
-        return self.retriever.search(request.query.strip(), request.top_k, request.mode)
+        return self._retriever.search(request.query.strip(), request.top_k, request.mode)
+
+    def sentence_matches(self, query: str, chunk_ids: Sequence[str]) -> list[SentenceMatch]:
+        """Every sentence of the given chunks with its cosine to `query`, chunk by chunk in sentence order.
+
+        Unknown chunk ids are skipped. Only these chunks' sentences are scored, never the whole library.
+        """
+        positions = [p for p in (self._store.position_of(chunk_id) for chunk_id in chunk_ids) if p is not None]
+        vector = self.embed_query(query)[0]
+        matches = []
+        for position, cosines in zip(positions, self._store.sentence_cosines(vector, positions)):
+            chunk = self._store.chunk(position)
+            for sentence, cosine in zip(chunk.sentences, cosines):
+                matches.append(
+                    SentenceMatch(
+                        chunk.chunk_id,
+                        chunk.doc,
+                        chunk.section,
+                        chunk.heading_path,
+                        sentence.start,
+                        sentence.end,
+                        chunk.sentence_text(sentence),
+                        sentence.kind,
+                        sentence.terms,
+                        float(cosine),
+                    )
+                )
+        return matches
+
+    def chunk(self, chunk_id: str) -> Chunk:
+        """The indexed chunk with this id (KeyError when there is none)."""
+        position = self._store.position_of(chunk_id)
+        if position is None:
+            raise KeyError(chunk_id)
+        return self._store.chunk(position)
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every indexed chunk, in index order."""
+        return self._store.iter_chunks()
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self._store)
+
+    @property
+    def manifest(self) -> Manifest:
+        """What the loaded index was built from."""
+        return self._store.manifest
 
     def document_text(self, doc: str) -> str:
         """The exact text of an indexed document, for checking or showing citations in context."""
-        return self.index.documents[doc]
+        return self._store.document_text(doc)
+
+    def document_ids(self) -> list[str]:
+        """The ids of the indexed documents."""
+        return self._store.document_ids()

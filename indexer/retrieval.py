@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from indexer.chunking import Chunk
-from indexer.embedding import Embedder
-from indexer.korean import KoreanAnalyzer
-from indexer.settings import FusionMethod, SearchMode
 from indexer.query import defines, definition_term
-from indexer.store import LoadedIndex, sentence_texts_of
+from indexer.settings import FusionMethod, SearchMode
+from indexer.store import IndexStore
 
 # Reciprocal rank fusion constant from Cormack et al. (2009), kept for the `rrf` fusion setting.
 RRF_K = 60
-# How deep each ranking goes before fusion; the book has under a hundred chunks.
+# How deep each ranking goes before fusion (and the least depth of dense candidates); the book has 59 chunks.
 FUSION_DEPTH = 100
 # Added to the fused score (range 0..1) of a chunk that defines the term a "what is X?" asks about.
 DEFINITION_BONUS = 0.3
@@ -73,73 +70,53 @@ def convex_fuse(
 
 
 class Retriever:
-    """Ranks the chunks of one index for a query in any of the three modes."""
+    """Ranks the chunks of one index for a query in any of the three modes.
+
+    It sees the index only through `IndexStore`'s methods, and the query only through two
+    functions (its vector and its morphemes), which the engine caches for the whole question.
+    """
 
     def __init__(
         self,
-        index: LoadedIndex,
-        embedder: Embedder,
-        analyzer: KoreanAnalyzer,
+        store: IndexStore,
+        query_vector: Callable[[str], np.ndarray],
+        query_terms: Callable[[str], tuple[str, ...]],
         fusion: FusionMethod = "convex",
         dense_weight: float = 0.5,
     ) -> None:
-        self.index = index
-        self.embedder = embedder
-        self.analyzer = analyzer
+        self.store = store
+        self.query_vector = query_vector
+        self.query_terms = query_terms
         self.fusion = fusion
         self.dense_weight = dense_weight
-        self._sentence_owner = index.sentence_owner
-        # Row of each chunk's first sentence in the sentence index, and chunk id -> position.
-        self.first_sentence_row = np.concatenate([[0], np.cumsum([len(c.sentences) for c in index.chunks])])
-        self.chunk_position = {chunk.chunk_id: i for i, chunk in enumerate(index.chunks)}
-        # Retrieval and the answerer embed the same question; remember the last few vectors.
-        self.query_vector = lru_cache(maxsize=64)(self._encode_query)
-
-    def _encode_query(self, query: str) -> np.ndarray:
-        vector = self.embedder.encode_queries([query])
-        vector.setflags(write=False)  # shared through the cache
-        return vector
 
     def dense_ranking(self, query: str, depth: int) -> list[tuple[int, float]]:
-        """Chunk ids and dense scores, best first.
+        """Chunk positions and dense scores, best first.
 
         A chunk scores the mean of its own cosine and its best sentence's cosine: a question is
         usually about one sentence, which a whole-chunk vector dilutes (measured on the gold
-        set: dense Recall@1 0.71 with chunk vectors alone, 0.85 with the mix).
+        set: dense Recall@1 0.71 with chunk vectors alone, 0.85 with the mix). Candidates are
+        the nearest chunks and the owners of the nearest sentences, FUSION_DEPTH deep at least.
         """
-        vector = self.query_vector(query)
-        n_chunks = self.index.dense.ntotal
-        chunk_scores, chunk_ids = self.index.dense.search(vector, n_chunks)
-        scores = np.empty(n_chunks, dtype=np.float32)
-        scores[chunk_ids[0]] = chunk_scores[0]
-        best_sentence = self.sentence_scores_by_chunk(vector)
-        combined = 0.5 * scores + 0.5 * np.where(np.isfinite(best_sentence), best_sentence, scores)
-        order = np.argsort(-combined, kind="stable")[: min(depth, n_chunks)]
-        return [(int(i), float(combined[i])) for i in order]
-
-    def sentence_scores(self, vector: np.ndarray) -> np.ndarray:
-        """Cosine of a query vector with every indexed sentence, in sentence-index order."""
-        n = self.index.sentences.ntotal
-        scores = np.full(n, -np.inf, dtype=np.float32)
-        if n:
-            found, ids = self.index.sentences.search(vector.reshape(1, -1), n)
-            scores[ids[0]] = found[0]
-        return scores
-
-    def sentence_scores_by_chunk(self, vector: np.ndarray) -> np.ndarray:
-        """The best sentence cosine of each chunk (-inf for a chunk without sentences)."""
-        best = np.full(len(self.index.chunks), -np.inf, dtype=np.float32)
-        np.maximum.at(best, self._sentence_owner, self.sentence_scores(vector))
-        return best
+        vector = self.query_vector(query)[0]
+        reach = max(depth, FUSION_DEPTH)
+        found = {position for position, _ in self.store.search_chunks(vector, reach)}
+        found.update(position for position, _ in self.store.search_sentences(vector, reach))
+        candidates = sorted(found)
+        if not candidates:
+            return []
+        chunk_scores = self.store.chunk_cosines(vector, candidates)
+        best_sentence = np.array(
+            [scores.max() if len(scores) else np.nan for scores in self.store.sentence_cosines(vector, candidates)],
+            dtype=np.float32,
+        )
+        combined = 0.5 * chunk_scores + 0.5 * np.where(np.isnan(best_sentence), chunk_scores, best_sentence)
+        order = np.argsort(-combined, kind="stable")[:depth]
+        return [(candidates[i], float(combined[i])) for i in order]
 
     def bm25_ranking(self, query: str, depth: int) -> list[tuple[int, float]]:
-        """Chunk ids and BM25 scores, best first; chunks sharing no morpheme are left out."""
-        tokens = self.analyzer.content_morphemes(query)
-        if not tokens:
-            return []
-        scores = self.index.bm25.get_scores(tokens)
-        order = np.argsort(-scores, kind="stable")[:depth]
-        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
+        """Chunk positions and BM25 scores, best first; chunks sharing no morpheme are left out."""
+        return self.store.search_lexical(self.query_terms(query), depth)
 
     def _lift_definitions(self, query: str, ranked: list[tuple[int, float]]) -> list[tuple[int, float]]:
         """For a "what is X?" question, raise the chunks with a sentence defining X."""
@@ -149,8 +126,8 @@ class Retriever:
         bonus = DEFINITION_BONUS * (ranked[0][1] if ranked and self.fusion == "rrf" else 1.0)
         lifted = []
         for item, score in ranked:
-            chunk = self.index.chunks[item]
-            if any(defines(sentence, term) for sentence in sentence_texts_of(chunk)):
+            chunk = self.store.chunk(item)
+            if any(defines(chunk.sentence_text(sentence), term) for sentence in chunk.sentences):
                 score += bonus
             lifted.append((item, score))
         return sorted(lifted, key=lambda pair: (-pair[1], pair[0]))
@@ -169,4 +146,4 @@ class Retriever:
             else:
                 ranked = convex_fuse([dense, lexical], [self.dense_weight, 1.0 - self.dense_weight])
             ranked = self._lift_definitions(query, ranked)[:top_k]
-        return [Passage.from_chunk(self.index.chunks[i], score) for i, score in ranked]
+        return [Passage.from_chunk(self.store.chunk(i), score) for i, score in ranked]

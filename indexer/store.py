@@ -1,331 +1,151 @@
-"""The on-disk index: chunks, a FAISS inner-product index, a BM25 index and a manifest.
+"""The on-disk index: chunks, FAISS inner-product indexes of chunk and sentence vectors, BM25, a manifest.
 
-The manifest records everything the index depends on, so loading can refuse an index that no
-longer matches the settings or the corpus instead of returning silently wrong passages.
+`IndexStore` is what retrieval sees of an index: chunks by position, nearest chunks and sentences
+for a vector, cosines of chosen chunks and their sentences, BM25 scores. Nothing outside reads
+its arrays, so another store (an approximate index, a server) can stand behind the same methods.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import bm25s
 import faiss
 import numpy as np
-from pydantic import BaseModel, ValidationError
 
-from indexer.chunking import Chunk, chunk_document, embedding_text
-from indexer.corpus import Document, file_sha256, load_corpus
+from indexer.chunking import Chunk
+from indexer.corpus import Document, load_corpus
 from indexer.embedding import Embedder
-from indexer.korean import ANALYZER_VERSION, KoreanAnalyzer
+from indexer.manifest import (
+    MANIFEST,
+    IndexCorruptError,
+    IndexMismatchError,
+    Manifest,
+    manifest_differences,
+    read_manifest,
+)
 from indexer.settings import Settings
 
-FORMAT_VERSION = 2
-# Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
-CHUNKER_VERSION = 3
-MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 DENSE = "dense.faiss"
 SENTENCES = "sentences.faiss"
 BM25_DIR = "bm25"
-# Libraries whose version changes what the index contains (tokens, vectors, file formats).
-TRACKED_LIBRARIES = ("kiwipiepy", "sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s")
-# The same weights reproduce the probe to ~1e-6; another model or other weights do not.
-PROBE_MIN_COSINE = 0.999
-
-
-class IndexLoadError(RuntimeError):
-    """The index cannot be used as it is; the message says why and what to run."""
-
-
-class IndexMissingError(IndexLoadError):
-    """There is no index yet."""
-
-
-class IndexMismatchError(IndexLoadError):
-    """The index was built from other settings, another model or another corpus."""
-
-
-class IndexCorruptError(IndexLoadError):
-    """An index file is missing, unreadable or inconsistent."""
-
-
-class ModelInfo(BaseModel):
-    name: str
-    dim: int
-    max_seq_length: int
-    query_prompt: str
-    document_prompt: str
-    probe: list[float]
-
-
-class ChunkingInfo(BaseModel):
-    chunk_tokens: int
-    overlap_sentences: int
-    chunker_version: int
-    analyzer_version: int
-
-
-class Manifest(BaseModel):
-    """What an index was built from; compared field by field on load and before rebuilding."""
-
-    format_version: int
-    created_at: str
-    model: ModelInfo
-    chunking: ChunkingInfo
-    corpus: dict[str, str]
-    user_dict_sha256: str | None
-    libraries: dict[str, str]
-    n_chunks: int
-    build_seconds: float
-
-
-@dataclass
-class LoadedIndex:
-    """An index in memory, ready for retrieval."""
-
-    manifest: Manifest
-    chunks: list[Chunk]
-    dense: faiss.Index
-    sentences: faiss.Index
-    bm25: bm25s.BM25
-    documents: dict[str, str]
-
-    @property
-    def sentence_owner(self) -> np.ndarray:
-        """For each row of `sentences`, the position of its chunk in `chunks`."""
-        return np.repeat(np.arange(len(self.chunks)), [len(chunk.sentences) for chunk in self.chunks])
-
-
-def sentence_texts_of(chunk: Chunk) -> list[str]:
-    """The texts of a chunk's sentences, in order; row order of the sentence index."""
-    return [chunk.text[start - chunk.start : end - chunk.start] for start, end in chunk.sentences]
 
 
 @dataclass(frozen=True)
-class BuildResult:
-    """What `build_index` did: `built` or `up-to-date`, and why."""
+class IndexContent:
+    """Everything an index holds, in memory: what a build writes and a load reads back."""
 
-    status: str
-    reason: str
     manifest: Manifest
-    path: Path
+    chunks: list[Chunk]
+    chunk_vectors: np.ndarray
+    sentence_vectors: np.ndarray
+    bm25: bm25s.BM25
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries in TRACKED_LIBRARIES."""
-    versions = {}
-    for name in TRACKED_LIBRARIES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "missing"
-    return versions
+class IndexStore:
+    """A loaded index: chunks, their vectors and their sentences' vectors, and BM25 over morphemes."""
+
+    def __init__(self, content: IndexContent, documents: dict[str, str]) -> None:
+        self.manifest = content.manifest
+        self._chunks = content.chunks
+        self._documents = documents
+        self._position = {chunk.chunk_id: i for i, chunk in enumerate(content.chunks)}
+        self._chunk_vectors = content.chunk_vectors
+        self._sentence_vectors = content.sentence_vectors
+        self._dense = _flat_index(content.chunk_vectors)
+        self._sentences = _flat_index(content.sentence_vectors)
+        self._bm25 = content.bm25
+        counts = np.array([len(chunk.sentences) for chunk in content.chunks], dtype=np.int64)
+        # Row of each chunk's first sentence in the sentence vectors (one more entry: the total).
+        self._first_sentence = np.concatenate([[0], np.cumsum(counts)])
+        self._sentence_owner = np.repeat(np.arange(len(content.chunks)), counts)
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def chunk(self, position: int) -> Chunk:
+        """The chunk at `position` (0 ≤ position < len)."""
+        return self._chunks[position]
+
+    def position_of(self, chunk_id: str) -> int | None:
+        """The position of a chunk id, or None when the index has no such chunk."""
+        return self._position.get(chunk_id)
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """Every chunk, in index order (document order within each document)."""
+        return iter(self._chunks)
+
+    def document_text(self, doc: str) -> str:
+        """The exact text of an indexed document (KeyError for an unknown one)."""
+        return self._documents[doc]
+
+    def document_ids(self) -> list[str]:
+        """The ids of the indexed documents, sorted."""
+        return sorted(self._documents)
+
+    def search_chunks(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The `k` chunks whose vectors are nearest to `vector` (positions, cosines), best first."""
+        return _search(self._dense, vector, k)
+
+    def search_sentences(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The chunks owning the `k` sentences nearest to `vector` (positions, sentence cosines), best first."""
+        return [(int(self._sentence_owner[row]), score) for row, score in _search(self._sentences, vector, k)]
+
+    def chunk_cosines(self, vector: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        """Cosine of `vector` with the vector of each chunk in `positions`."""
+        return self._chunk_vectors[np.asarray(positions, dtype=np.int64)] @ vector.reshape(-1)
+
+    def sentence_cosines(self, vector: np.ndarray, positions: Sequence[int]) -> list[np.ndarray]:
+        """For each chunk in `positions`, the cosine of `vector` with each of its sentences, in order."""
+        flat = vector.reshape(-1)
+        return [
+            self._sentence_vectors[self._first_sentence[p] : self._first_sentence[p + 1]] @ flat for p in positions
+        ]
+
+    def search_lexical(self, terms: Sequence[str], k: int) -> list[tuple[int, float]]:
+        """The `k` best chunks by BM25 over their morphemes (positions, scores); chunks sharing none are left out."""
+        if not terms or not self._chunks:
+            return []
+        scores = self._bm25.get_scores(list(terms))
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(i), float(scores[i])) for i in order if scores[i] > 0]
 
 
-def _chunking_info(settings: Settings) -> ChunkingInfo:
-    return ChunkingInfo(
-        chunk_tokens=settings.chunk_tokens,
-        overlap_sentences=settings.overlap_sentences,
-        chunker_version=CHUNKER_VERSION,
-        analyzer_version=ANALYZER_VERSION,
-    )
+def _flat_index(vectors: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
 
 
-def _cosine(a: list[float], b: list[float]) -> float:
-    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    denominator = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    return float(va @ vb) / denominator if denominator else 0.0
+def _search(index: faiss.Index, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+    k = min(k, index.ntotal)
+    if k <= 0:
+        return []
+    scores, ids = index.search(np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32), k)
+    return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
 
-def manifest_differences(
-    manifest: Manifest,
-    settings: Settings,
-    documents: list[Document],
-    embedder: Embedder | None,
-    include_libraries: bool,
-) -> list[str]:
-    """Readable reasons why `manifest` does not describe an index for these inputs ([] if it does)."""
-    reasons = []
-    if manifest.format_version != FORMAT_VERSION:
-        reasons.append(f"색인 형식 버전이 다릅니다 ({manifest.format_version} → {FORMAT_VERSION})")
-    if manifest.model.name != settings.model:
-        reasons.append(f"모델이 다릅니다: 색인은 '{manifest.model.name}', 설정은 '{settings.model}'")
-    elif embedder is not None:
-        if manifest.model.dim != embedder.dim:
-            reasons.append(f"임베딩 차원이 다릅니다: 색인 {manifest.model.dim}, 모델 {embedder.dim}")
-        elif (manifest.model.query_prompt, manifest.model.document_prompt) != (
-            embedder.query_prompt,
-            embedder.document_prompt,
-        ):
-            reasons.append("모델의 질의/문서 프롬프트가 색인을 만들 때와 다릅니다")
-        elif _cosine(manifest.model.probe, embedder.probe()) < PROBE_MIN_COSINE:
-            reasons.append(f"'{settings.model}' 모델의 가중치가 색인을 만들 때와 다릅니다")
-    if manifest.chunking != _chunking_info(settings):
-        reasons.append(f"청크 설정이 다릅니다: 색인 {manifest.chunking.model_dump()}, 설정 {_chunking_info(settings).model_dump()}")
-    current = {document.doc_id: document.sha256 for document in documents}
-    if manifest.corpus != current:
-        changed = sorted(set(manifest.corpus) ^ set(current) | {d for d in current if manifest.corpus.get(d) != current[d]})
-        reasons.append(f"코퍼스가 바뀌었습니다: {', '.join(changed)}")
-    if manifest.user_dict_sha256 != file_sha256(settings.user_dict_path):
-        reasons.append("사용자 사전(user_dict.tsv)이 바뀌었습니다")
-    if manifest.libraries.get("kiwipiepy") != library_versions()["kiwipiepy"]:
-        # BM25 tokens come from Kiwi: another version may split words differently.
-        reasons.append(f"kiwipiepy 버전이 다릅니다 ({manifest.libraries.get('kiwipiepy')} → {library_versions()['kiwipiepy']})")
-    if include_libraries:
-        current_libraries = library_versions()
-        for name, built_with in manifest.libraries.items():
-            if name != "kiwipiepy" and current_libraries.get(name) != built_with:
-                reasons.append(f"{name} 버전이 다릅니다 ({built_with} → {current_libraries.get(name)})")
-    return reasons
-
-
-def read_manifest(index_dir: Path) -> Manifest:
-    """The manifest of an index folder, or a clear IndexLoadError."""
-    path = index_dir / MANIFEST
-    if not index_dir.exists():
-        raise IndexMissingError(f"색인이 없습니다: {index_dir}. 먼저 `bookqa index`를 실행하세요.")
-    try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except FileNotFoundError as error:
-        raise IndexCorruptError(f"색인 매니페스트가 없습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
-    except (ValidationError, ValueError) as error:
-        raise IndexCorruptError(f"색인 매니페스트가 손상되었습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
-
-
-def build_index(
-    settings: Settings,
-    embedder: Embedder,
-    analyzer: KoreanAnalyzer,
-    force: bool = False,
-    show_progress: bool = False,
-) -> BuildResult:
-    """Build the index unless an identical one exists; write aside, then swap it in.
-
-    An interrupted build leaves the previous index in place and usable.
-    """
-    started = time.perf_counter()
-    documents = load_corpus(settings.corpus_dir)
-    index_dir = settings.index_dir
-    _recover_interrupted_swap(index_dir)
-    if not force and index_dir.exists():
-        try:
-            existing = read_manifest(index_dir)
-            reasons = manifest_differences(existing, settings, documents, embedder, include_libraries=True)
-            if not reasons:
-                _load_files(index_dir, existing, documents)  # an up-to-date manifest over broken files is no index
-                return BuildResult("up-to-date", "색인이 최신입니다", existing, index_dir)
-            reason = "; ".join(reasons)
-        except IndexLoadError as error:
-            reason = str(error)
-    else:
-        reason = "강제 재색인" if force else "색인이 없습니다"
-
-    chunks = [
-        chunk
-        for document in documents
-        for chunk in chunk_document(
-            document, analyzer, embedder.count_tokens, settings.chunk_tokens, settings.overlap_sentences
-        )
-    ]
-    if not chunks:
-        raise IndexLoadError(f"코퍼스에서 색인할 문장을 찾지 못했습니다: {settings.corpus_dir}")
-    texts = [embedding_text(chunk) for chunk in chunks]
-    vectors = embedder.encode_documents(texts, show_progress=show_progress)
-    dense = faiss.IndexFlatIP(embedder.dim)
-    dense.add(vectors)
-    # Sentence vectors sharpen dense ranking (a chunk is as relevant as its best sentence) and
-    # let the answerer pick sentences without embedding the book again per question.
-    sentence_texts = [chunk_sentence for chunk in chunks for chunk_sentence in sentence_texts_of(chunk)]
-    sentences = faiss.IndexFlatIP(embedder.dim)
-    sentences.add(embedder.encode_documents(sentence_texts, show_progress=show_progress))
-    bm25 = bm25s.BM25()
-    bm25.index([analyzer.content_morphemes(text) for text in texts], show_progress=False)
-
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=ModelInfo(
-            name=settings.model,
-            dim=embedder.dim,
-            max_seq_length=embedder.max_seq_length,
-            query_prompt=embedder.query_prompt,
-            document_prompt=embedder.document_prompt,
-            probe=embedder.probe(),
-        ),
-        chunking=_chunking_info(settings),
-        corpus={document.doc_id: document.sha256 for document in documents},
-        user_dict_sha256=file_sha256(settings.user_dict_path),
-        libraries=library_versions(),
-        n_chunks=len(chunks),
-        build_seconds=round(time.perf_counter() - started, 3),
-    )
-    _write_and_swap(index_dir, manifest, chunks, dense, sentences, bm25)
-    return BuildResult("built", reason, manifest, index_dir)
-
-
-def _staging_dir(index_dir: Path) -> Path:
-    return index_dir.with_name(f".{index_dir.name}.building")
-
-
-def _backup_dir(index_dir: Path) -> Path:
-    return index_dir.with_name(f".{index_dir.name}.previous")
-
-
-def _recover_interrupted_swap(index_dir: Path) -> None:
-    """If a crash fell between the two renames of a swap, put the previous index back."""
-    backup = _backup_dir(index_dir)
-    if backup.exists() and not index_dir.exists():
-        backup.rename(index_dir)
-
-
-def _write_and_swap(
-    index_dir: Path,
-    manifest: Manifest,
-    chunks: list[Chunk],
-    dense: faiss.Index,
-    sentences: faiss.Index,
-    bm25: bm25s.BM25,
-) -> None:
-    staging = _staging_dir(index_dir)
-    if staging.exists():
-        shutil.rmtree(staging)  # the leftovers of an earlier interrupted build
-    staging.mkdir(parents=True)
-    with (staging / CHUNKS).open("w", encoding="utf-8") as out:
-        for chunk in chunks:
+def write_index_files(folder: Path, content: IndexContent) -> None:
+    """Write an index into an empty folder; the manifest goes last, so a folder with one is complete."""
+    with (folder / CHUNKS).open("w", encoding="utf-8") as out:
+        for chunk in content.chunks:
             out.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
-    faiss.write_index(dense, str(staging / DENSE))
-    faiss.write_index(sentences, str(staging / SENTENCES))
-    bm25.save(str(staging / BM25_DIR), show_progress=False)
-    # The manifest goes last: a folder with a manifest is a complete index.
-    (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-
-    backup = _backup_dir(index_dir)
-    if backup.exists():
-        shutil.rmtree(backup)
-    if index_dir.exists():
-        index_dir.rename(backup)
-    staging.rename(index_dir)
-    if backup.exists():
-        shutil.rmtree(backup)
+    faiss.write_index(_flat_index(content.chunk_vectors), str(folder / DENSE))
+    faiss.write_index(_flat_index(content.sentence_vectors), str(folder / SENTENCES))
+    content.bm25.save(str(folder / BM25_DIR), show_progress=False)
+    (folder / MANIFEST).write_text(content.manifest.model_dump_json(indent=2), encoding="utf-8")
 
 
-def _load_files(index_dir: Path, manifest: Manifest, documents: list[Document]) -> LoadedIndex:
+def read_index_files(index_dir: Path, manifest: Manifest, documents: list[Document]) -> IndexStore:
     """Read the index files and check them against the manifest and the documents' text."""
     texts = {document.doc_id: document.text for document in documents}
     try:
-        chunks = []
         with (index_dir / CHUNKS).open(encoding="utf-8") as lines:
-            for line in lines:
-                record = json.loads(line)
-                record["heading_path"] = tuple(record["heading_path"])
-                record["sentences"] = tuple(tuple(span) for span in record["sentences"])
-                chunks.append(Chunk(**record))
+            chunks = [Chunk.from_record(json.loads(line)) for line in lines]
         dense = faiss.read_index(str(index_dir / DENSE))
         sentences = faiss.read_index(str(index_dir / SENTENCES))
         bm25 = bm25s.BM25.load(str(index_dir / BM25_DIR), show_progress=False)
@@ -348,7 +168,7 @@ def _load_files(index_dir: Path, manifest: Manifest, documents: list[Document]) 
         c.chunk_id
         for c in chunks
         if texts.get(c.doc, "")[c.start : c.end] != c.text
-        or any(not c.start <= start < end <= c.end for start, end in c.sentences)
+        or any(not c.start <= s.start < s.end <= c.end for s in c.sentences)
     ]
     if broken:
         problems.append(f"원문과 다른 청크 {len(broken)}개 (예: {broken[0]})")
@@ -356,14 +176,34 @@ def _load_files(index_dir: Path, manifest: Manifest, documents: list[Document]) 
         raise IndexCorruptError(
             f"색인이 일관되지 않습니다 ({index_dir}): {'; '.join(problems)}. `bookqa index --force`로 다시 만드세요."
         )
-    return LoadedIndex(
-        manifest=manifest, chunks=chunks, dense=dense, sentences=sentences, bm25=bm25, documents=texts
-    )
+    content = IndexContent(manifest, chunks, _vectors_of(dense), _vectors_of(sentences), bm25)
+    return IndexStore(content, texts)
 
 
-def load_index(settings: Settings, embedder: Embedder) -> LoadedIndex:
+def _vectors_of(index: faiss.Index) -> np.ndarray:
+    return np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32).reshape(index.ntotal, index.d)
+
+
+def staging_dir(index_dir: Path) -> Path:
+    """Where a build writes before swapping the new index in."""
+    return index_dir.with_name(f".{index_dir.name}.building")
+
+
+def backup_dir(index_dir: Path) -> Path:
+    """Where the previous index waits during a swap."""
+    return index_dir.with_name(f".{index_dir.name}.previous")
+
+
+def recover_interrupted_swap(index_dir: Path) -> None:
+    """If a crash fell between the two renames of a swap, put the previous index back."""
+    backup = backup_dir(index_dir)
+    if backup.exists() and not index_dir.exists():
+        backup.rename(index_dir)
+
+
+def load_index(settings: Settings, embedder: Embedder) -> IndexStore:
     """Load the index for these settings, refusing one built from another model, corpus or chunking."""
-    _recover_interrupted_swap(settings.index_dir)
+    recover_interrupted_swap(settings.index_dir)
     manifest = read_manifest(settings.index_dir)
     documents = load_corpus(settings.corpus_dir)
     reasons = manifest_differences(manifest, settings, documents, embedder, include_libraries=False)
@@ -371,4 +211,4 @@ def load_index(settings: Settings, embedder: Embedder) -> LoadedIndex:
         raise IndexMismatchError(
             "색인이 현재 설정과 맞지 않습니다: " + "; ".join(reasons) + ". `bookqa index`로 다시 만드세요."
         )
-    return _load_files(settings.index_dir, manifest, documents)
+    return read_index_files(settings.index_dir, manifest, documents)

@@ -41,6 +41,8 @@ class Section:
     heading_path: tuple[str, ...]
     heading: Span | None = None
     units: list[Span] = field(default_factory=list)
+    # The table of contents: its units are entry lines, not prose.
+    is_toc: bool = False
 
     @property
     def title(self) -> str:
@@ -139,6 +141,8 @@ def split_sections(text: str, analyzer: KoreanAnalyzer, markdown: bool = False) 
         elif not markdown and _TOC_LINE.match(line.text):
             path.clear()
             set_heading(PART_LEVEL, re.sub(r"^[\W_]+", "", line.text), line)
+            assert current is not None
+            current.is_toc = True
             in_toc = True
         elif heading_match:
             in_toc = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from indexer.engine import SearchEngine
+from indexer.engine import SearchEngine, SentenceMatch
 from indexer.retrieval import Passage
 
 ABSTAIN_MESSAGE = "책에서 이 질문에 대한 내용을 찾지 못했습니다. 이 책은 이 주제를 다루지 않는 것 같습니다."
@@ -55,35 +55,27 @@ class Answer:
 class ScoredSentence:
     """A sentence of a retrieved passage with its match score against the question."""
 
-    chunk_index: int
-    start: int
-    end: int
+    sentence: SentenceMatch
     score: float
+
+    def citation(self, number: int) -> Citation:
+        """This sentence as the citation of marker `number`."""
+        s = self.sentence
+        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text)
 
 
 def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]) -> list[ScoredSentence]:
     """Every distinct sentence of the passages with its score, best first."""
-    retriever = engine.retriever
-    vector = retriever.query_vector(question)[0]
-    cosines = retriever.sentence_scores(vector)
-    query_terms = set(engine.analyzer.content_morphemes(question))
+    query_terms = set(engine.query_terms(question))
     seen: set[tuple[str, int, int]] = set()
     scored: list[ScoredSentence] = []
-    for passage in passages:
-        position = retriever.chunk_position[passage.chunk_id]
-        chunk = engine.index.chunks[position]
-        headings = set(chunk.heading_path)
-        for offset, (start, end) in enumerate(chunk.sentences):
-            key = (chunk.doc, start, end)
-            text = engine.document_text(chunk.doc)[start:end]
-            if key in seen or len(text) < MIN_SENTENCE_CHARS or text in headings:
-                continue
-            seen.add(key)
-            overlap = 0.0
-            if query_terms:
-                overlap = len(query_terms & set(engine.analyzer.content_morphemes(text))) / len(query_terms)
-            score = float(cosines[retriever.first_sentence_row[position] + offset]) + LEXICAL_WEIGHT * overlap
-            scored.append(ScoredSentence(position, start, end, score))
+    for match in engine.sentence_matches(question, [passage.chunk_id for passage in passages]):
+        key = (match.doc, match.start, match.end)
+        if key in seen or len(match.text) < MIN_SENTENCE_CHARS or match.text in match.heading_path:
+            continue
+        seen.add(key)
+        overlap = len(query_terms & set(match.terms)) / len(query_terms) if query_terms else 0.0
+        scored.append(ScoredSentence(match, match.cosine + LEXICAL_WEIGHT * overlap))
     scored.sort(key=lambda s: -s.score)
     return scored
 
@@ -97,15 +89,10 @@ def extractive_answer(
     if not scored or confidence < abstain_threshold:
         return Answer(ABSTAIN_MESSAGE, True, [], passages, confidence)
     chosen = [s for s in scored if s.score >= confidence - ANSWER_MARGIN][:MAX_ANSWER_SENTENCES]
-    chosen.sort(key=lambda s: (engine.index.chunks[s.chunk_index].doc, s.start))
-    citations = []
-    parts = []
-    for number, sentence in enumerate(chosen, start=1):
-        chunk = engine.index.chunks[sentence.chunk_index]
-        quote = engine.document_text(chunk.doc)[sentence.start : sentence.end]
-        citations.append(Citation(number, chunk.chunk_id, chunk.doc, chunk.section, sentence.start, sentence.end, quote))
-        parts.append(f"{quote} [{number}]")
-    return Answer(" ".join(parts), False, citations, passages, confidence)
+    chosen.sort(key=lambda s: (s.sentence.doc, s.sentence.start))
+    citations = [scored_sentence.citation(number) for number, scored_sentence in enumerate(chosen, start=1)]
+    answer = " ".join(f"{citation.quote} [{citation.id}]" for citation in citations)
+    return Answer(answer, False, citations, passages, confidence)
 
 
 def citation_for_marker(
@@ -118,11 +105,8 @@ def citation_for_marker(
     """
     best = score_sentences(engine, question, [passage])
     if best:
-        start, end = best[0].start, best[0].end
-    else:
-        start, end = passage.start, passage.end
-    quote = engine.document_text(passage.doc)[start:end]
-    return Citation(marker, passage.chunk_id, passage.doc, passage.section, start, end, quote)
+        return best[0].citation(marker)
+    return Citation(marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text)
 
 
 def stream_pieces(answer: str) -> list[str]:

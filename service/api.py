@@ -1,4 +1,4 @@
-"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/healthz`, `/readyz`, chat at `/ui`.
+"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/healthz`, `/readyz`.
 
 Model and index load once, in the background at startup, so `/healthz` answers at once and
 `/readyz` turns 200 when questions can be served. Inference runs in a thread pool, off the
@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -163,15 +163,19 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts) or "요청이 올바르지 않습니다"
 
 
-def create_app(
+def loaded_service(app: FastAPI) -> QAService | None:
+    """The app's service once loaded, None while loading (for the chat mounted beside the API)."""
+    return app.state.bookqa["qa"]
+
+
+def create_api(
     settings: Settings | None = None,
     qa: QAService | None = None,
     loader: Callable[[], QAService] | None = None,
-    chat_ui: bool = True,
 ) -> FastAPI:
-    """The FastAPI app; pass `qa` to serve an already-loaded service (tests, embedding).
+    """The FastAPI app of the question API; pass `qa` to serve an already-loaded service (tests, embedding).
 
-    With `chat_ui` the Gradio chat is mounted at `/ui` (and `/` leads there), sharing the service.
+    The chat is mounted beside it by `ui.server.create_app`, the app `bookqa serve` runs.
     """
     settings = settings or Settings()
     state: dict[str, object] = {"qa": qa, "error": None}
@@ -264,14 +268,6 @@ def create_app(
         passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
         return SearchResponse(passages=passages)
 
-    if chat_ui:
-        from ui.app import UI_PATH, mount_chat_ui
-
-        @app.get("/", include_in_schema=False)
-        async def home() -> RedirectResponse:
-            return RedirectResponse(f"{UI_PATH}/")
-
-        mount_chat_ui(app, lambda: state["qa"])  # type: ignore[arg-type, return-value]
     return app
 
 

@@ -16,7 +16,7 @@ from indexer.embedding import Embedder  # noqa: E402
 from indexer.engine import SearchEngine, load_analyzer, load_embedder  # noqa: E402
 from indexer.korean import KoreanAnalyzer  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
-from indexer.store import build_index  # noqa: E402
+from indexer.build import build_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "corpus"

@@ -56,7 +56,7 @@ def test_gold_set_loads_and_every_evidence_is_in_the_corpus(gold: list[GoldQuest
 
 
 def test_every_answerable_question_has_a_chunk_with_its_evidence(gold, engine: SearchEngine) -> None:
-    unfindable = [q.id for q in gold if q.answerable and not relevant_chunk_ids(engine.index.chunks, q)]
+    unfindable = [q.id for q in gold if q.answerable and not relevant_chunk_ids(list(engine.chunks()), q)]
     assert unfindable == []
 
 
@@ -153,7 +153,7 @@ def test_retrieval_metrics_agree_with_ranx(gold: list[GoldQuestion], qa: QAServi
 
     answerable = [q for q in gold if q.answerable]
     sample = answerable[:: max(1, len(answerable) // 30)][:30]
-    chunks = qa.engine.index.chunks
+    chunks = list(qa.engine.chunks())
     relevant = {q.id: relevant_chunk_ids(chunks, q) for q in sample}
     qrels = Qrels({q.id: {chunk_id: 1 for chunk_id in relevant[q.id]} for q in sample})
     reference = WhitespaceBM25(chunks)
@@ -188,9 +188,9 @@ def test_ranking_extends_the_passages_the_answer_used(gold: list[GoldQuestion], 
 
 def test_whitespace_reference_keeps_particles_attached(engine: SearchEngine) -> None:
     assert whitespace_tokens("마이데이터란 무엇인가  NFT는?") == ["마이데이터란", "무엇인가", "nft는?"]
-    passages = WhitespaceBM25(engine.index.chunks).search("마이데이터", 10)
+    passages = WhitespaceBM25(list(engine.chunks())).search("마이데이터", 10)
     assert passages and all(p.score > 0 for p in passages)
-    assert WhitespaceBM25(engine.index.chunks).search("   ", 10) == []
+    assert WhitespaceBM25(list(engine.chunks())).search("   ", 10) == []
 
 
 # --- malformed gold files ----------------------------------------------------------------------

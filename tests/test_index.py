@@ -12,20 +12,13 @@ from indexer.embedding import Embedder
 from indexer.engine import SearchEngine
 from indexer.korean import KoreanAnalyzer
 from indexer.settings import Settings
-from indexer.store import (
-    CHUNKS,
-    DENSE,
-    MANIFEST,
-    IndexCorruptError,
-    IndexMismatchError,
-    IndexMissingError,
-    build_index,
-    load_index,
-)
+from indexer.build import build_index
+from indexer.manifest import MANIFEST, IndexCorruptError, IndexMismatchError, IndexMissingError
+from indexer.store import CHUNKS, DENSE, load_index
 
 
 def test_every_chunk_is_an_exact_span_of_its_document(engine: SearchEngine) -> None:
-    chunks = engine.index.chunks
+    chunks = list(engine.chunks())
     assert len(chunks) > 20
     for chunk in chunks:
         assert engine.document_text(chunk.doc)[chunk.start : chunk.end] == chunk.text
@@ -37,7 +30,7 @@ def test_chunks_fit_the_token_budget_with_prompt_and_heading(engine: SearchEngin
 
     budget = engine.settings.chunk_tokens
     assert budget < embedder.max_seq_length
-    counts = [embedder.count_tokens(embedding_text(chunk)) for chunk in engine.index.chunks]
+    counts = [embedder.count_tokens(embedding_text(chunk)) for chunk in list(engine.chunks())]
     assert max(counts) <= budget
     assert sum(counts) / len(counts) > budget / 3  # packing actually fills chunks
 
@@ -47,18 +40,18 @@ def test_chunks_never_cross_a_heading(engine: SearchEngine) -> None:
     headings = ["금융 플랫폼 시대로 전환", "마이페이먼트_종합지급결제업에 주목하라", "클라우드 서비스에도 유형이 있다"]
     for heading in headings:
         at = text.index(heading)
-        for chunk in engine.index.chunks:
+        for chunk in list(engine.chunks()):
             assert not (chunk.start < at < chunk.end), f"{chunk.chunk_id} spans the heading {heading}"
 
 
 def test_manifest_records_what_the_index_depends_on(engine: SearchEngine) -> None:
-    manifest = engine.index.manifest
+    manifest = engine.manifest
     assert manifest.model.name == engine.settings.model
     assert manifest.model.dim == 384
     assert manifest.corpus.keys() == {"digital-trend-2023.txt"}
     assert manifest.chunking.chunk_tokens == engine.settings.chunk_tokens
     assert {"kiwipiepy", "sentence-transformers", "faiss-cpu", "bm25s", "torch"} <= manifest.libraries.keys()
-    assert manifest.n_chunks == len(engine.index.chunks) == engine.index.dense.ntotal
+    assert manifest.n_chunks == len(list(engine.chunks())) == engine.n_chunks
 
 
 def test_unchanged_corpus_is_not_reembedded(

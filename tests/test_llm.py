@@ -92,11 +92,11 @@ def test_model_saying_not_found_abstains(engine: SearchEngine, llm_server) -> No
 def test_api_reports_generative_mode(engine: SearchEngine, llm_server) -> None:
     from fastapi.testclient import TestClient
 
-    from service.api import create_app
+    from service.api import create_api
 
     server, behaviour = llm_server
     behaviour.update(reply="IaaS는 CPU, 메모리 같은 하드웨어 자원을 제공합니다 [2][1].", delay=0.0)
-    with TestClient(create_app(qa=service_for(engine, server))) as client:
+    with TestClient(create_api(qa=service_for(engine, server))) as client:
         body = client.post("/v1/ask", json={"question": "IaaS는 무엇을 제공해?"}).json()
     assert body["answer_mode"] == "generative"
     assert {c["id"] for c in body["citations"]} == {1, 2}

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from indexer.engine import SearchEngine
-from service.api import create_app
+from service.api import create_api
 from service.qa import QAService
 from tests.servers import LoopbackServer
 
@@ -30,7 +30,7 @@ def qa(engine: SearchEngine) -> QAService:
 def client(qa: QAService) -> Iterator[httpx.Client]:
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(qa=qa)) as test_client:
+    with TestClient(create_api(qa=qa)) as test_client:
         yield test_client
 
 
@@ -152,7 +152,7 @@ def test_concurrent_requests_all_succeed(qa: QAService) -> None:
     questions = ["NFT가 뭐야?", "클라우드 서비스 유형", "마이페이먼트 시행 시기", "스마트 팩토리 목표", "저자는 누구?", "CPS란?"]
 
     async def run_all() -> list[int]:
-        transport = httpx.ASGITransport(app=create_app(qa=qa))
+        transport = httpx.ASGITransport(app=create_api(qa=qa))
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as async_client:
             responses = await asyncio.gather(
                 *(async_client.post("/v1/ask", json={"question": q}) for q in questions * 2)
@@ -171,7 +171,7 @@ def test_readyz_waits_for_the_model_and_index(qa: QAService) -> None:
         release.wait(30)
         return qa
 
-    with TestClient(create_app(loader=slow_loader)) as test_client:
+    with TestClient(create_api(loader=slow_loader)) as test_client:
         assert test_client.get("/healthz").status_code == 200
         assert test_client.get("/readyz").status_code == 503
         assert test_client.post("/v1/ask", json={"question": "NFT"}).status_code == 503
@@ -184,7 +184,7 @@ def test_readyz_waits_for_the_model_and_index(qa: QAService) -> None:
 
 
 def test_real_uvicorn_server_on_loopback(qa: QAService, engine: SearchEngine) -> None:
-    with LoopbackServer(create_app(qa=qa)) as server:
+    with LoopbackServer(create_api(qa=qa)) as server:
         assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
         response = httpx.post(f"{server.url}/v1/ask", json={"question": "IaaS는 무엇을 제공해?"}, timeout=60)
         assert response.status_code == 200

@@ -15,7 +15,7 @@ from gradio_client import Client
 
 from indexer.engine import SearchEngine
 from service.answer import ABSTAIN_MESSAGE
-from service.api import create_app
+from ui.server import create_app
 from service.qa import QAService
 from tests.servers import LoopbackServer
 from ui.app import EXAMPLE_QUESTIONS, Conversation, make_respond

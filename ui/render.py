@@ -69,11 +69,10 @@ class CitationView:
 def citation_view(engine: SearchEngine, citation: Citation) -> CitationView:
     """The quoted sentence with the rest of its passage (or nearby text) around it."""
     text = engine.document_text(citation.doc)
-    position = engine.retriever.chunk_position.get(citation.chunk_id)
-    if position is not None:
-        chunk = engine.index.chunks[position]
+    try:
+        chunk = engine.chunk(citation.chunk_id)
         lo, hi = min(chunk.start, citation.start), max(chunk.end, citation.end)
-    else:
+    except KeyError:
         lo, hi = citation.start, citation.end
     lo = max(lo, citation.start - CONTEXT_CHARS)
     hi = min(hi, citation.end + CONTEXT_CHARS)

@@ -1,0 +1,59 @@
+"""The evaluator's command of the `bookqa` command line: `eval`.
+
+It reaches `bookqa` through the `bookqa.commands` entry points in pyproject.toml, so the CLI
+root needs no import of this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from indexer.commands import EXIT_BAD_INPUT, EXIT_UNUSABLE, console, fail, load_or_exit
+
+
+def evaluate_gold(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일 (JSONL)")],
+    out: Annotated[Path, typer.Option("--out", help="결과 폴더 (run.jsonl, metrics.json, report.md, report.png)")],
+    modes: Annotated[str, typer.Option("--modes", help="쉼표로 구분한 검색 방식")] = "hybrid,dense,bm25",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="검색 지표에 쓸 구절 수 (10 이상)")] = 10,
+) -> None:
+    """Evaluate retrieval and answers on a gold question file, for every mode; writes a report and a chart."""
+    from eval.evaluate import evaluate
+    from eval.gold import GoldFileError, load_gold
+    from eval.report import RETRIEVAL_COLUMNS
+    from indexer.engine import MAX_TOP_K
+    from indexer.settings import SEARCH_MODES
+    from service.qa import QAService
+
+    chosen = list(dict.fromkeys(m.strip() for m in modes.split(",") if m.strip()))
+    unknown = [m for m in chosen if m not in SEARCH_MODES]
+    if not chosen or unknown:
+        raise fail(
+            ValueError(f"알 수 없는 검색 방식입니다: {', '.join(unknown) or modes!r} (가능: {', '.join(SEARCH_MODES)})"),
+            EXIT_BAD_INPUT,
+        )
+    if not 10 <= top_k <= MAX_TOP_K:
+        raise fail(ValueError(f"--top-k는 10에서 {MAX_TOP_K} 사이여야 합니다: {top_k}"), EXIT_BAD_INPUT)
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    qa = load_or_exit(QAService.load, ctx.obj)
+    try:
+        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k)
+    except OSError as error:
+        raise fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
+    for m in result.metrics:
+        figures = "  ".join(
+            f"{title} {'n/a' if getattr(m, name) is None else format(getattr(m, name), '.3f')}"
+            for name, title in RETRIEVAL_COLUMNS
+        )
+        if m.answer_containment is not None:
+            figures += f"  containment {m.answer_containment:.3f}  p50 {m.latency_p50_ms:.0f} ms"
+        console.print(f"[bold]{escape(m.mode)}[/bold]  {figures}", soft_wrap=True)
+    console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")

@@ -1,0 +1,159 @@
+"""The index manifest: what an index was built from, and the errors of an unusable index.
+
+Loading compares the manifest with the settings, the model and the corpus, so an index that no
+longer matches is refused with a readable reason instead of returning silently wrong passages.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from indexer.corpus import Document, file_sha256
+from indexer.embedding import Embedder
+from indexer.korean import ANALYZER_VERSION
+from indexer.settings import Settings
+
+# Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl).
+FORMAT_VERSION = 3
+# Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
+CHUNKER_VERSION = 3
+MANIFEST = "manifest.json"
+# Libraries whose version changes what the index contains (tokens, vectors, file formats).
+TRACKED_LIBRARIES = ("kiwipiepy", "sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s")
+# The same weights reproduce the probe to ~1e-6; another model or other weights do not.
+PROBE_MIN_COSINE = 0.999
+
+
+class IndexLoadError(RuntimeError):
+    """The index cannot be used as it is; the message says why and what to run."""
+
+
+class IndexMissingError(IndexLoadError):
+    """There is no index yet."""
+
+
+class IndexMismatchError(IndexLoadError):
+    """The index was built from other settings, another model or another corpus."""
+
+
+class IndexCorruptError(IndexLoadError):
+    """An index file is missing, unreadable or inconsistent."""
+
+
+class ModelInfo(BaseModel):
+    name: str
+    dim: int
+    max_seq_length: int
+    query_prompt: str
+    document_prompt: str
+    probe: list[float]
+
+
+class ChunkingInfo(BaseModel):
+    chunk_tokens: int
+    overlap_sentences: int
+    chunker_version: int
+    analyzer_version: int
+
+
+class Manifest(BaseModel):
+    """What an index was built from; compared field by field on load and before rebuilding."""
+
+    format_version: int
+    created_at: str
+    model: ModelInfo
+    chunking: ChunkingInfo
+    corpus: dict[str, str]
+    user_dict_sha256: str | None
+    libraries: dict[str, str]
+    n_chunks: int
+    build_seconds: float
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries in TRACKED_LIBRARIES."""
+    versions = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def chunking_info(settings: Settings) -> ChunkingInfo:
+    """The chunking settings an index built now would record."""
+    return ChunkingInfo(
+        chunk_tokens=settings.chunk_tokens,
+        overlap_sentences=settings.overlap_sentences,
+        chunker_version=CHUNKER_VERSION,
+        analyzer_version=ANALYZER_VERSION,
+    )
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    denominator = float(np.linalg.norm(va) * np.linalg.norm(vb))
+    return float(va @ vb) / denominator if denominator else 0.0
+
+
+def manifest_differences(
+    manifest: Manifest,
+    settings: Settings,
+    documents: list[Document],
+    embedder: Embedder | None,
+    include_libraries: bool,
+) -> list[str]:
+    """Readable reasons why `manifest` does not describe an index for these inputs ([] if it does)."""
+    reasons = []
+    if manifest.format_version != FORMAT_VERSION:
+        reasons.append(f"색인 형식 버전이 다릅니다 ({manifest.format_version} → {FORMAT_VERSION})")
+    if manifest.model.name != settings.model:
+        reasons.append(f"모델이 다릅니다: 색인은 '{manifest.model.name}', 설정은 '{settings.model}'")
+    elif embedder is not None:
+        if manifest.model.dim != embedder.dim:
+            reasons.append(f"임베딩 차원이 다릅니다: 색인 {manifest.model.dim}, 모델 {embedder.dim}")
+        elif (manifest.model.query_prompt, manifest.model.document_prompt) != (
+            embedder.query_prompt,
+            embedder.document_prompt,
+        ):
+            reasons.append("모델의 질의/문서 프롬프트가 색인을 만들 때와 다릅니다")
+        elif _cosine(manifest.model.probe, embedder.probe()) < PROBE_MIN_COSINE:
+            reasons.append(f"'{settings.model}' 모델의 가중치가 색인을 만들 때와 다릅니다")
+    current_chunking = chunking_info(settings)
+    if manifest.chunking != current_chunking:
+        reasons.append(
+            f"청크 설정이 다릅니다: 색인 {manifest.chunking.model_dump()}, 설정 {current_chunking.model_dump()}"
+        )
+    current = {document.doc_id: document.sha256 for document in documents}
+    if manifest.corpus != current:
+        changed = sorted(set(manifest.corpus) ^ set(current) | {d for d in current if manifest.corpus.get(d) != current[d]})
+        reasons.append(f"코퍼스가 바뀌었습니다: {', '.join(changed)}")
+    if manifest.user_dict_sha256 != file_sha256(settings.user_dict_path):
+        reasons.append("사용자 사전(user_dict.tsv)이 바뀌었습니다")
+    if manifest.libraries.get("kiwipiepy") != library_versions()["kiwipiepy"]:
+        # BM25 tokens come from Kiwi: another version may split words differently.
+        reasons.append(f"kiwipiepy 버전이 다릅니다 ({manifest.libraries.get('kiwipiepy')} → {library_versions()['kiwipiepy']})")
+    if include_libraries:
+        current_libraries = library_versions()
+        for name, built_with in manifest.libraries.items():
+            if name != "kiwipiepy" and current_libraries.get(name) != built_with:
+                reasons.append(f"{name} 버전이 다릅니다 ({built_with} → {current_libraries.get(name)})")
+    return reasons
+
+
+def read_manifest(index_dir: Path) -> Manifest:
+    """The manifest of an index folder, or a clear IndexLoadError."""
+    path = index_dir / MANIFEST
+    if not index_dir.exists():
+        raise IndexMissingError(f"색인이 없습니다: {index_dir}. 먼저 `bookqa index`를 실행하세요.")
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError as error:
+        raise IndexCorruptError(f"색인 매니페스트가 없습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
+    except (ValidationError, ValueError) as error:
+        raise IndexCorruptError(f"색인 매니페스트가 손상되었습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error

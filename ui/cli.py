@@ -1,0 +1,59 @@
+"""The `bookqa` command line, put together: a composition root, at the top of the layers.
+
+Each layer contributes its commands (`indexer.commands`, `service.commands`, `serve` here);
+packages beside the UI, such as the evaluator, plug theirs in through the `bookqa.commands`
+entry points declared in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Annotated
+
+import typer
+
+from indexer.commands import EXIT_UNUSABLE, console, fail, index, search, settings_callback
+from indexer.corpus import CorpusError
+from indexer.embedding import EmbedderError
+from indexer.engine import ensure_index
+from indexer.manifest import IndexLoadError
+from indexer.settings import Settings
+from service.commands import ask
+
+COMMAND_GROUP = "bookqa.commands"
+
+app = typer.Typer(help="bookqa: 디지털 트렌드 2023 책에 대한 질의응답", no_args_is_help=True, add_completion=False)
+app.callback()(settings_callback)
+app.command()(index)
+app.command()(search)
+app.command()(ask)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="주소")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="포트")] = 8000,
+) -> None:
+    """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed."""
+    import uvicorn
+
+    from ui.server import create_app
+
+    settings: Settings = ctx.obj
+    try:
+        result = ensure_index(settings, show_progress=True)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    if result.status == "built":
+        console.print(f"색인을 만들었습니다: {result.path}")
+    console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+for _entry in entry_points(group=COMMAND_GROUP):
+    app.command(_entry.name)(_entry.load())
+
+
+if __name__ == "__main__":
+    app()
