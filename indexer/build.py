@@ -16,7 +16,7 @@ import bm25s
 
 from indexer.chunking import chunk_document, embedding_text
 from indexer.corpus import load_corpus
-from indexer.embedding import Embedder
+from indexer.embedding import Embedder, QueryEncoder
 from indexer.korean import KoreanAnalyzer
 from indexer.manifest import (
     FORMAT_VERSION,
@@ -50,6 +50,27 @@ class BuildResult:
     path: Path
 
 
+def up_to_date(settings: Settings, encoder: QueryEncoder) -> tuple[BuildResult | None, str]:
+    """An "up-to-date" result when the index matches the settings, the model and the corpus, else (None, why not).
+
+    Needs only the query encoder (for the probe), so a server can check without loading a builder.
+    """
+    index_dir = settings.index_dir
+    recover_interrupted_swap(index_dir)
+    if not index_dir.exists():
+        return None, "색인이 없습니다"
+    documents = load_corpus(settings.corpus_dir)
+    try:
+        existing = read_manifest(index_dir)
+        reasons = manifest_differences(existing, settings, documents, encoder, include_libraries=True)
+        if reasons:
+            return None, "; ".join(reasons)
+        read_index_files(index_dir, existing, documents)  # an up-to-date manifest over broken files is no index
+    except IndexLoadError as error:
+        return None, str(error)
+    return BuildResult("up-to-date", "색인이 최신입니다", existing, index_dir), ""
+
+
 def build_index(
     settings: Settings,
     embedder: Embedder,
@@ -59,21 +80,15 @@ def build_index(
 ) -> BuildResult:
     """Build the index unless an identical one exists; write aside, then swap it in."""
     started = time.perf_counter()
+    if force:
+        recover_interrupted_swap(settings.index_dir)
+        reason = "강제 재색인"
+    else:
+        current, reason = up_to_date(settings, embedder)
+        if current is not None:
+            return current
     documents = load_corpus(settings.corpus_dir)
     index_dir = settings.index_dir
-    recover_interrupted_swap(index_dir)
-    if not force and index_dir.exists():
-        try:
-            existing = read_manifest(index_dir)
-            reasons = manifest_differences(existing, settings, documents, embedder, include_libraries=True)
-            if not reasons:
-                read_index_files(index_dir, existing, documents)  # an up-to-date manifest over broken files is no index
-                return BuildResult("up-to-date", "색인이 최신입니다", existing, index_dir)
-            reason = "; ".join(reasons)
-        except IndexLoadError as error:
-            reason = str(error)
-    else:
-        reason = "강제 재색인" if force else "색인이 없습니다"
 
     chunks = [
         chunk
@@ -98,6 +113,8 @@ def build_index(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=ModelInfo(
             name=settings.model,
+            backend=embedder.backend,
+            precision=embedder.precision,
             dim=embedder.dim,
             max_seq_length=embedder.max_seq_length,
             query_prompt=embedder.query_prompt,

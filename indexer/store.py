@@ -18,7 +18,7 @@ import numpy as np
 
 from indexer.chunking import Chunk
 from indexer.corpus import Document, load_corpus
-from indexer.embedding import Embedder
+from indexer.embedding import QueryEncoder
 from indexer.manifest import (
     MANIFEST,
     IndexCorruptError,
@@ -201,7 +201,7 @@ def recover_interrupted_swap(index_dir: Path) -> None:
         backup.rename(index_dir)
 
 
-def load_index(settings: Settings, embedder: Embedder) -> IndexStore:
+def load_index(settings: Settings, embedder: QueryEncoder) -> IndexStore:
     """Load the index for these settings, refusing one built from another model, corpus or chunking."""
     recover_interrupted_swap(settings.index_dir)
     manifest = read_manifest(settings.index_dir)

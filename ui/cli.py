@@ -12,11 +12,9 @@ from typing import Annotated
 
 import typer
 
-from indexer.commands import EXIT_UNUSABLE, console, fail, index, search, settings_callback
-from indexer.corpus import CorpusError
-from indexer.embedding import EmbedderError
-from indexer.engine import ensure_index
-from indexer.manifest import IndexLoadError
+from rich.markup import escape
+
+from indexer.commands import console, index, search, settings_callback
 from indexer.settings import Settings
 from service.commands import ask
 
@@ -35,20 +33,22 @@ def serve(
     host: Annotated[str, typer.Option(help="주소")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="포트")] = 8000,
 ) -> None:
-    """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed."""
+    """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed.
+
+    The server listens at once; `/readyz` turns 200 when the index, the model and Kiwi are loaded.
+    """
+    from service.startup import start_loading
+
+    settings: Settings = ctx.obj
+    # Loading starts before the chat's imports, so the two overlap.
+    loading = start_loading(settings, report=lambda message: console.print(escape(message)))
+
     import uvicorn
 
     from ui.server import create_app
 
-    settings: Settings = ctx.obj
-    try:
-        result = ensure_index(settings, show_progress=True)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise fail(error, EXIT_UNUSABLE) from error
-    if result.status == "built":
-        console.print(f"색인을 만들었습니다: {result.path}")
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, loader=loading.result), host=host, port=port, log_level="info")
 
 
 for _entry in entry_points(group=COMMAND_GROUP):
