@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# sentence-transformers' OpenVINO backend. Without --no-deps it would pull PyPI's torchvision, whose
+	# build does not load beside the CPU torch on disk and breaks `import transformers`; it is not used
+	# for text. Its other requirements are in pyproject.toml.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps optimum-intel==2.2.0
 	touch $(STAMP)
 
 install: $(STAMP)

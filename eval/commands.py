@@ -6,8 +6,9 @@ root needs no import of this package.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -57,3 +58,74 @@ def evaluate_gold(
             figures += f"  containment {m.answer_containment:.3f}  p50 {m.latency_p50_ms:.0f} ms"
         console.print(f"[bold]{escape(m.mode)}[/bold]  {figures}", soft_wrap=True)
     console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")
+
+
+bench_app = typer.Typer(
+    help="성능 측정: 서비스 전체(기본), 임베딩 백엔드 비교(backends).", no_args_is_help=False, add_completion=False
+)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="결과 폴더 (bench.json, bench.md, bench.png)")] = Path("eval/results"),
+    gold: Annotated[Path, typer.Option("--gold", help="질문을 만들 골드 파일")] = Path("eval/gold/qa.jsonl"),
+    questions_per_phase: Annotated[int, typer.Option("--questions", help="지연 시간을 잴 질문 수 (단계마다)")] = 200,
+    rss_requests: Annotated[int, typer.Option("--rss-requests", help="메모리를 볼 요청 수")] = 10_000,
+    load_seconds: Annotated[float, typer.Option("--load-seconds", help="동시 요청 측정 한 번의 최대 시간")] = 60.0,
+    serve_command: Annotated[Optional[str], typer.Option("--serve-command", help="다른 서버 명령과 비교할 때 (기본: 이 bookqa serve)")] = None,
+) -> None:
+    """Measure the service as users meet it: every figure against plain float32 sentence-transformers embedding."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from eval.bench import BenchConfig, run_bench, write_results
+    from eval.gold import GoldFileError, load_gold
+    from indexer.engine import ensure_index
+
+    settings = ctx.obj
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    load_or_exit(ensure_index, settings)
+    config = BenchConfig(
+        encode_questions=questions_per_phase,
+        ask_questions=questions_per_phase,
+        http_questions=questions_per_phase,
+        rss_requests=rss_requests,
+        load_seconds=load_seconds,
+        serve_command=serve_command,
+    )
+    result = run_bench(settings, questions, config, log=lambda message: console.print(f"[dim]{escape(message)}[/dim]"))
+    result.setup = {
+        "backend": f"{settings.backend}/{settings.precision}",
+        "model": settings.model,
+        "cpus": os.cpu_count(),
+        "gold": str(gold),
+    }
+    paths = write_results(out, result)
+    console.print(paths[1].read_text(encoding="utf-8"), soft_wrap=True)
+    console.print(f"결과: {', '.join(str(p) for p in paths)}")
+
+
+@bench_app.command("backends")
+def bench_backends(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="결과 폴더 (backends.json, backends.md)")] = Path("eval/results"),
+    gold: Annotated[Path, typer.Option("--gold", help="골드 파일")] = Path("eval/gold/qa.jsonl"),
+) -> None:
+    """Compare the embedder's backends (torch, OpenVINO, ONNX Runtime; fp32 and int8) on this machine."""
+    from eval.backends import compare_backends, write_backends
+    from eval.gold import GoldFileError, load_gold
+    from indexer.engine import SearchEngine
+
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    engine = load_or_exit(SearchEngine.load, ctx.obj)
+    chunks = list(engine.chunks())
+    del engine
+    results = compare_backends(ctx.obj, questions, chunks)
+    path = write_backends(out, results)
+    console.print(path.read_text(encoding="utf-8"), soft_wrap=True)

@@ -8,7 +8,6 @@ sentence of the whole book matches the question too weakly (threshold calibrated
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from indexer.engine import SearchEngine, SentenceMatch
@@ -107,8 +106,3 @@ def citation_for_marker(
     if best:
         return best[0].citation(marker)
     return Citation(marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text)
-
-
-def stream_pieces(answer: str) -> list[str]:
-    """The answer cut into words with their trailing space, the units streamed to the API and the chat."""
-    return re.findall(r"\S+\s*", answer) or [answer]

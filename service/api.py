@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
-from service.answer import Citation, stream_pieces
+from service.answer import Citation
 from service.qa import AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
@@ -244,16 +244,25 @@ def create_api(
 
     @app.post("/v1/ask/stream", tags=["qa"])
     async def ask_stream(request: AskRequest) -> StreamingResponse:
-        """The same answer as server-sent events: `delta` events with text, then `done` with everything."""
+        """The answer as server-sent events: `delta` events with text as it exists, then `done` with everything.
+
+        An extractive answer is one `delta`; a generated one streams as the model writes it. `done`'s
+        `answer` is the final text (it replaces the deltas when a generated answer was rejected).
+        """
         qa_service = service()
         history = [Turn(m.role, m.content) for m in request.history]
-        result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
-        response = ask_response(result)
+        items = qa_service.ask_stream(request.question, request.top_k, request.mode, history)
+        # The first item comes after validation and retrieval, so a bad question is still a 422.
+        first = await run_in_threadpool(next, items)
 
         async def events() -> AsyncIterator[str]:
-            for piece in stream_pieces(response.answer):
-                yield _sse("delta", {"text": piece})
-            yield _sse("done", response.model_dump())
+            item: str | AskResult = first
+            while True:
+                if isinstance(item, AskResult):
+                    yield _sse("done", ask_response(item).model_dump())
+                    return
+                yield _sse("delta", {"text": item})
+                item = await run_in_threadpool(next, items)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -7,6 +7,8 @@ point at no passage are dropped afterwards, so a citation can never invent a sou
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterator
 
 from indexer.retrieval import Passage
 
@@ -59,22 +61,39 @@ class LLMAnswerer:
         from openai import OpenAI
 
         self.model = model
+        self.timeout = timeout
         # No retries: on failure the user gets the extractive answer at once instead of waiting.
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
 
-    def generate(self, question: str, passages: list[Passage], history: list[dict[str, str]]) -> str:
-        """The model's answer text (markers not yet checked); raises LLMError on any failure."""
+    def stream(self, question: str, passages: list[Passage], history: list[dict[str, str]]) -> Iterator[str]:
+        """The model's answer as it is generated, piece by piece (markers not yet checked).
+
+        Raises LLMError on any failure, before or during the stream, and when the whole answer
+        takes longer than the timeout or is empty.
+        """
         import openai
 
+        deadline = time.monotonic() + self.timeout
+        produced = False
         try:
-            response = self.client.chat.completions.create(
-                model=self.model, messages=build_messages(question, passages, history), temperature=0
+            stream = self.client.chat.completions.create(
+                model=self.model, messages=build_messages(question, passages, history), temperature=0, stream=True
             )
+            with stream:
+                for chunk in stream:
+                    if time.monotonic() > deadline:
+                        raise LLMError("LLM 응답 시간이 초과되었습니다")
+                    piece = chunk.choices[0].delta.content if chunk.choices and chunk.choices[0].delta else None
+                    if piece:
+                        produced = produced or bool(piece.strip())
+                        yield piece
         except openai.APITimeoutError as error:
             raise LLMError("LLM 응답 시간이 초과되었습니다") from error
         except openai.OpenAIError as error:
             raise LLMError(f"LLM 호출 실패: {error}") from error
-        content = response.choices[0].message.content if response.choices else None
-        if not content or not content.strip():
+        if not produced:
             raise LLMError("LLM이 빈 답을 돌려주었습니다")
-        return content.strip()
+
+    def generate(self, question: str, passages: list[Passage], history: list[dict[str, str]]) -> str:
+        """The model's whole answer text (markers not yet checked); raises LLMError on any failure."""
+        return "".join(self.stream(question, passages, history)).strip()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from indexer.engine import QueryError, SearchEngine, SearchRequest
@@ -66,6 +67,21 @@ class QAService:
 
     def ask(self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None) -> AskResult:
         """Answer `question` from the book; raises QueryError for unusable input."""
+        for item in self.ask_stream(question, top_k, mode, history):
+            if isinstance(item, AskResult):
+                return item
+        raise AssertionError("ask_stream ended without a result")
+
+    def ask_stream(
+        self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None
+    ) -> Iterator[str | AskResult]:
+        """The answer as it is produced: text pieces as they exist, then the whole `AskResult`.
+
+        An extractive answer exists at once and comes as one piece; a generated one streams as the
+        endpoint sends it. The result's `answer` is the final text: when a generated answer is
+        rejected (an error, no valid citation) it replaces what was streamed. Raises QueryError on
+        the first step for unusable input.
+        """
         history = list(history or [])
         if len(history) > MAX_HISTORY_TURNS:
             history = history[-MAX_HISTORY_TURNS:]
@@ -76,15 +92,26 @@ class QAService:
         retrieved = time.perf_counter()
         extractive = extractive_answer(self.engine, query, passages)
         result = self._from_answer(extractive)
-        if self.llm is not None and not extractive.abstained:
-            result = self._generate(request.query, query, passages, history, result)
+        if self.llm is None or extractive.abstained:
+            yield result.answer
+        else:
+            turns = [{"role": turn.role, "content": turn.content} for turn in history]
+            pieces: list[str] = []
+            try:
+                for piece in self.llm.stream(request.query, passages, turns):
+                    pieces.append(piece)
+                    yield piece
+                result = self._from_generated("".join(pieces).strip(), query, passages, result)
+            except LLMError as error:
+                log.warning("LLM failed, using the extractive answer: %s", error)
+                result.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
         finished = time.perf_counter()
         result.timings_ms = {
             "retrieve": round((retrieved - started) * 1000, 2),
             "answer": round((finished - retrieved) * 1000, 2),
             "total": round((finished - started) * 1000, 2),
         }
-        return result
+        yield result
 
     def _from_answer(self, answer: Answer) -> AskResult:
         return AskResult(
@@ -96,17 +123,8 @@ class QAService:
             confidence=round(answer.confidence, 4),
         )
 
-    def _generate(
-        self, question: str, query: str, passages: list[Passage], history: list[Turn], fallback: AskResult
-    ) -> AskResult:
-        assert self.llm is not None
-        turns = [{"role": turn.role, "content": turn.content} for turn in history]
-        try:
-            raw = self.llm.generate(question, passages, turns)
-        except LLMError as error:
-            log.warning("LLM failed, using the extractive answer: %s", error)
-            fallback.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
-            return fallback
+    def _from_generated(self, raw: str, query: str, passages: list[Passage], fallback: AskResult) -> AskResult:
+        """The generated text as the answer, if it cites real passages; otherwise the extractive `fallback`."""
         if NOT_FOUND_REPLY in raw:
             return AskResult(ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence)
         text, used = clean_markers(raw, len(passages))

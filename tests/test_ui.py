@@ -116,17 +116,16 @@ def test_gradio_client_gets_an_answer_with_a_citation(server: LoopbackServer, en
     assert ABSTAIN_MESSAGE.split(".")[0] in _text(chat[-1])
 
 
-def test_answers_stream_and_concurrent_users_are_queued(server: LoopbackServer) -> None:
+def test_concurrent_users_all_get_whole_answers_at_once(server: LoopbackServer) -> None:
     questions = ["NFT는 무엇인가요?", "클라우드 도입의 장점은?", "스마트 팩토리란 무엇인가요?"]
     clients = [Client(f"{server.url}/ui/", verbose=False, download_files=False) for _ in questions]
     jobs = [client.submit(q, [], 5, "hybrid", api_name="/ask") for client, q in zip(clients, questions)]
     for job in jobs:
         _, chat, _ = job.result(timeout=120)
         assert _text(chat[-1]).strip()
-        # Every yield reached the client: the answer grew piece by piece to the final text.
+        # An extractive answer exists whole at once: it is shown whole, not paced out word by word.
         partial = [_text(out[1][-1]) for out in job.outputs() if out[1]]
-        assert len(partial) >= 3 and partial[-1] == _text(chat[-1])
-        assert all(len(a) <= len(b) for a, b in zip(partial, partial[1:]))
+        assert 1 <= len(partial) <= 2 and partial[-1] == _text(chat[-1])
 
 
 @pytest.fixture(scope="module")
