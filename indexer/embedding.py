@@ -84,6 +84,8 @@ class Embedder:
         self.batch_size = batch_size
         try:
             if backend == "openvino":
+                # optimum warns on every load that it cannot tell whether the folder is exported; it is.
+                logging.getLogger("optimum.intel.openvino.modeling_base").setLevel(logging.ERROR)
                 location = str(ensure_openvino_export(model_name, cache_dir, precision, threads))
                 ov_config = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
                 self.model = SentenceTransformer(

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from indexer.embedding import Embedder  # noqa: E402
-from indexer.engine import SearchEngine, load_analyzer, load_embedder  # noqa: E402
+from indexer.engine import SearchEngine, load_analyzer, load_embedder, load_encoder  # noqa: E402
 from indexer.korean import KoreanAnalyzer  # noqa: E402
 from indexer.settings import Settings  # noqa: E402
 from indexer.build import build_index  # noqa: E402
@@ -40,9 +40,9 @@ def analyzer(book_settings: Settings) -> KoreanAnalyzer:
 
 @pytest.fixture(scope="session")
 def engine(book_settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer) -> SearchEngine:
-    """A search engine over a freshly built index of the book."""
+    """A search engine over a freshly built index of the book, answering through the serving encoder."""
     build_index(book_settings, embedder, analyzer)
-    return SearchEngine(book_settings, embedder, analyzer)
+    return SearchEngine(book_settings, load_encoder(book_settings), analyzer)
 
 
 @pytest.fixture()

@@ -37,8 +37,9 @@ def serve(
 
     The server listens at once; `/readyz` turns 200 when the index, the model and Kiwi are loaded.
     """
-    from service.startup import start_loading
+    from service.startup import limit_malloc_arenas, start_loading
 
+    limit_malloc_arenas()
     settings: Settings = ctx.obj
     # Loading starts before the chat's imports, so the two overlap.
     loading = start_loading(settings, report=lambda message: console.print(escape(message)))

@@ -1,0 +1,159 @@
+"""The fast serving path: the OpenVINO export and its lean encoder, micro-batching, backend checks, start-up.
+
+Timings are not asserted here (machines are shared); `bookqa bench` measures them. These tests
+check that the fast path gives the same vectors and the same answers, and fails clearly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from eval.gold import load_gold
+from eval.metrics import hit_at_k, is_relevant, reciprocal_rank
+from indexer.batching import QueryBatcher
+from indexer.build import build_index
+from indexer.embedding import Embedder, OpenVINOQueryEncoder
+from indexer.engine import SearchEngine, load_analyzer, load_embedder
+from indexer.manifest import IndexMismatchError
+from indexer.settings import Settings
+from indexer.store import load_index
+from tests.servers import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+GOLD = REPO / "eval" / "gold" / "qa.jsonl"
+
+
+def test_the_default_is_the_openvino_int8_export(engine: SearchEngine) -> None:
+    assert (engine.settings.backend, engine.settings.precision) == ("openvino", "int8")
+    assert isinstance(engine.embedder, OpenVINOQueryEncoder)
+    assert (engine.manifest.model.backend, engine.manifest.model.precision) == ("openvino", "int8")
+
+
+def test_lean_encoder_matches_sentence_transformers_on_the_book(engine: SearchEngine, book_settings: Settings) -> None:
+    """The runtime that serves questions gives sentence-transformers' own OpenVINO vectors, sentence for sentence."""
+    builder = load_embedder(book_settings)
+    lean = OpenVINOQueryEncoder(book_settings.model, book_settings.cache_dir, book_settings.precision)
+    sentences = [chunk.sentence_text(s) for chunk in engine.chunks() for s in chunk.sentences]
+    questions = [q.question for q in load_gold(GOLD)]
+    for texts, ours, theirs in (
+        (sentences, lean.encode_documents, builder.encode_documents),
+        (questions, lean.encode_queries, builder.encode_queries),
+    ):
+        cosines = (ours(texts) * theirs(texts)).sum(axis=1)
+        assert cosines.min() > 0.9999, texts[int(cosines.argmin())]
+
+
+def test_int8_retrieval_stays_within_001_of_float32(
+    engine: SearchEngine, book_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Recall@1 and MRR@10 of the default (OpenVINO int8) index against a plain float32 torch index of the same book."""
+    reference = book_settings.model_copy(
+        update={"backend": "torch", "precision": "fp32", "index_dir": tmp_path_factory.mktemp("fp32") / "index"}
+    )
+    build_index(reference, load_embedder(reference), load_analyzer(reference))
+    fp32 = SearchEngine(reference, load_embedder(reference), load_analyzer(reference))
+    gold = [q for q in load_gold(GOLD) if q.answerable]
+
+    def figures(search_engine: SearchEngine) -> tuple[float, float]:
+        hits, ranks = [], []
+        for question in gold:
+            passages = search_engine.search(question.question, top_k=10)
+            relevance = [is_relevant(p.text, question.evidence) for p in passages]
+            hits.append(hit_at_k(relevance, 1))
+            ranks.append(reciprocal_rank(relevance, 10))
+        return float(np.mean(hits)), float(np.mean(ranks))
+
+    (recall_int8, mrr_int8), (recall_fp32, mrr_fp32) = figures(engine), figures(fp32)
+    assert abs(recall_int8 - recall_fp32) <= 0.01, (recall_int8, recall_fp32)
+    assert abs(mrr_int8 - mrr_fp32) <= 0.01, (mrr_int8, mrr_fp32)
+
+
+def test_an_index_built_with_another_backend_is_refused(engine: SearchEngine, private_settings: Settings) -> None:
+    torch_settings = private_settings.model_copy(update={"backend": "torch", "precision": "fp32"})
+    with pytest.raises(IndexMismatchError) as refused:
+        load_index(torch_settings, Embedder(torch_settings.model, torch_settings.cache_dir))
+    message = str(refused.value)
+    assert "openvino/int8" in message and "torch/fp32" in message and "bookqa index" in message
+
+
+def test_int8_needs_openvino() -> None:
+    with pytest.raises(ValueError, match="int8"):
+        Settings(backend="torch", precision="int8")
+
+
+def test_batcher_shares_passes_between_concurrent_callers() -> None:
+    calls: list[int] = []
+    release = threading.Event()
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        release.wait(5)
+        return np.array([[float(len(text))] for text in texts], dtype=np.float32)
+
+    batcher = QueryBatcher(encode)
+    results: dict[str, float] = {}
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, float(batcher.encode(t)[0, 0]))) for t in texts]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)  # the first caller's pass is under way while the others queue
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == {t: float(len(t)) for t in texts}  # every caller got its own row
+    assert calls[0] == 1 and sum(calls) == 5 and len(calls) < 5
+
+
+def test_batcher_hands_errors_to_every_caller() -> None:
+    def broken(texts: list[str]) -> np.ndarray:
+        raise RuntimeError("model failed")
+
+    batcher = QueryBatcher(broken)
+    with pytest.raises(RuntimeError, match="model failed"):
+        batcher.encode("질문")
+    with pytest.raises(RuntimeError, match="model failed"):
+        batcher.encode("또 다른 질문")
+
+
+def test_serve_is_ready_without_torch_and_answers(engine: SearchEngine, private_settings: Settings) -> None:
+    """`bookqa serve` as users start it: ready, answering, and no torch or sentence-transformers in the process."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BOOKQA_CORPUS_DIR": str(private_settings.corpus_dir),
+        "BOOKQA_INDEX_DIR": str(private_settings.index_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and server.poll() is None and not ready:
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert ready, server.stderr.read().decode()[-2000:] if server.poll() is not None else "not ready in 180 s"
+        body = httpx.post(f"{url}/v1/ask", json={"question": "마이데이터가 뭐야?"}, timeout=60).json()
+        assert body["citations"] and not body["abstained"]
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "libtorch" not in maps
+        assert httpx.get(f"{url}/ui/", timeout=30).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(30)
