@@ -73,6 +73,7 @@ def bench(
     questions_per_phase: Annotated[int, typer.Option("--questions", help="지연 시간을 잴 질문 수 (단계마다)")] = 200,
     rss_requests: Annotated[int, typer.Option("--rss-requests", help="메모리를 볼 요청 수")] = 10_000,
     load_seconds: Annotated[float, typer.Option("--load-seconds", help="동시 요청 측정 한 번의 최대 시간")] = 60.0,
+    chat_users: Annotated[int, typer.Option("--chat-users", help="동시에 묻는 채팅 사용자 수")] = 16,
     serve_command: Annotated[Optional[str], typer.Option("--serve-command", help="다른 서버 명령과 비교할 때 (기본: 이 bookqa serve)")] = None,
 ) -> None:
     """Measure the service as users meet it: every figure against plain float32 sentence-transformers embedding."""
@@ -94,6 +95,7 @@ def bench(
         http_questions=questions_per_phase,
         rss_requests=rss_requests,
         load_seconds=load_seconds,
+        chat_users=chat_users,
         serve_command=serve_command,
     )
     result = run_bench(settings, questions, config, log=lambda message: console.print(f"[dim]{escape(message)}[/dim]"))

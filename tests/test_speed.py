@@ -157,3 +157,30 @@ def test_serve_is_ready_without_torch_and_answers(engine: SearchEngine, private_
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_bench_writes_every_figure(engine: SearchEngine, private_settings: Settings, tmp_path: Path) -> None:
+    """`bookqa bench` end to end with small counts: the figures are there (their values are the benchmark's business)."""
+    import json
+
+    env = {
+        **os.environ,
+        "BOOKQA_CORPUS_DIR": str(private_settings.corpus_dir),
+        "BOOKQA_INDEX_DIR": str(private_settings.index_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "ui.cli", "bench", "--out", str(out), "--gold", str(GOLD)]
+    command += ["--questions", "5", "--rss-requests", "40", "--load-seconds", "5", "--chat-users", "3"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    required = {
+        "encode_fp32_p50_ms", "ask_p50_ms", "ask_p95_ms", "http_p50_ms", "http_p95_ms", "rps_c8", "rps_c32",
+        "errors", "ready_s", "rss_ready_mb", "rss_after_mb",
+    }
+    assert required <= figures.keys()
+    assert figures["errors"] == 0 and figures["encode_fp32_p50_ms"] > 0 and figures["rps_c8"] > 0
+    assert figures["rss_after_mb"] > 100 and figures["requests_after"] >= 40
+    assert (out / "bench.md").read_text(encoding="utf-8").startswith("# bookqa bench")
+    assert (out / "bench.png").stat().st_size > 10_000
