@@ -80,6 +80,7 @@ class SentenceMatch:
     kind: SentenceKind
     terms: tuple[str, ...]
     cosine: float
+    page: str | None = None
 
 
 class SearchEngine:
@@ -152,6 +153,7 @@ class SearchEngine:
                         sentence.kind,
                         sentence.terms,
                         float(cosine),
+                        sentence.page,
                     )
                 )
         return matches

@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from indexer.commands import EXIT_BAD_INPUT, console, fail, load_or_exit
 from indexer.engine import QueryError
+from indexer.formats import page_label
 from indexer.settings import SearchMode
 from service.api import ask_response
 from service.qa import QAService
@@ -37,5 +38,6 @@ def ask(
     for citation in response.citations:
         console.print(
             f"[dim][{citation.id}] {escape(citation.section or citation.doc)} "
-            f"({citation.doc} {citation.start}:{citation.end})[/dim]"
+            f"({escape(', '.join(filter(None, [citation.doc, page_label(citation.doc, citation.page)])))} "
+            f"{citation.start}:{citation.end})[/dim]"
         )

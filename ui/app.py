@@ -70,6 +70,7 @@ CSS = """
 .bq-hint { color: var(--body-text-color-subdued); }
 .bq-viewer:has(.bq-shown) .bq-hint { display: none; }
 .bq-path { cursor: pointer; }
+.bq-page { font-weight: 400; white-space: nowrap; }
 #bq-chat a[href^="#bq-cite-"] { text-decoration: none; font-weight: 700; font-size: 0.8em; padding: 0 0.25em;
                                 border-radius: 4px; background: var(--color-accent-soft); vertical-align: super; }
 #bq-chat .message { word-break: keep-all; overflow-wrap: anywhere; }
