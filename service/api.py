@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
@@ -247,11 +248,12 @@ def create_api(
     metrics = Metrics(lambda: index_facts(state["qa"]))  # type: ignore[arg-type]
     # Added last, so it is outermost: refused bodies (413) are counted and logged too.
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
-    store = (
-        FeedbackStore(settings.feedback_db, settings.feedback_keep_answers, settings.feedback_answer_days)
-        if settings.feedback
-        else None
-    )
+    store = None
+    if settings.feedback:
+        try:
+            store = FeedbackStore(settings.feedback_db, settings.feedback_keep_answers, settings.feedback_answer_days)
+        except (sqlite3.Error, OSError) as error:  # the service answers all the same, without answer ids
+            log.warning("feedback is off: cannot open %s: %s", settings.feedback_db, error)
 
     def service() -> QAService:
         current = state["qa"]
@@ -352,7 +354,7 @@ def create_api(
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(openai_router(service, tracker, lambda: _created(state["qa"])))  # type: ignore[arg-type]
+    app.include_router(openai_router(service, tracker, lambda: _created(state["qa"]), log_question))  # type: ignore[arg-type]
     return app
 
 

@@ -10,6 +10,7 @@ threads and processes write at once without losing a row.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from service.qa import AskResult, Turn
+
+log = logging.getLogger(__name__)
 
 Rating = Literal["up", "down"]
 # Pruning runs once per this many remembered answers (per process), keeping the table near its bound.
@@ -282,7 +285,12 @@ class AnswerTracker:
             self.observer.observe_answer(result.answer_mode, result.abstained, result.llm_fallback, channel)
         if self.store is None:
             return None
-        return self.store.remember(question, history, result, self._index_version(), channel)
+        try:
+            return self.store.remember(question, history, result, self._index_version(), channel)
+        except sqlite3.Error as error:
+            # A full disk or a long-locked database costs this answer its feedback, never the answer.
+            log.warning("answer not remembered for feedback: %s", error)
+            return None
 
     def feedback(self, answer_id: str, rating: Rating, comment: str | None, channel: str) -> FeedbackReceipt:
         """Store feedback on a remembered answer (UnknownAnswerError when there is none)."""

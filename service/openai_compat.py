@@ -121,8 +121,14 @@ def extra_fields(result: AskResult, answer_id: str | None) -> dict[str, Any]:
     }
 
 
-def openai_router(get_service: Callable[[], QAService], tracker: AnswerTracker, created: Callable[[], int]) -> APIRouter:
-    """The routes; `get_service` raises the app's not-ready error while loading, `created` is the index's build time."""
+def openai_router(
+    get_service: Callable[[], QAService],
+    tracker: AnswerTracker,
+    created: Callable[[], int],
+    log_question: Callable[..., None],
+) -> APIRouter:
+    """The routes; `get_service` raises the app's not-ready error while loading, `created` is the index's
+    build time, `log_question(request, question, **fields)` adds to the request's log line what the settings allow."""
     router = APIRouter(tags=["openai"])
 
     @router.get("/v1/models")
@@ -141,7 +147,7 @@ def openai_router(get_service: Callable[[], QAService], tracker: AnswerTracker, 
         """Answer the last user message from the book, in the OpenAI chat-completions format."""
         qa = get_service()
         question, history = question_and_history(body.messages)
-        add_log_fields(request.scope.setdefault("state", {}), question_chars=len(question), channel="openai")
+        log_question(request, question, channel="openai", top_k=body.top_k, mode=body.mode)
         result = await run_in_threadpool(qa.ask, question, body.top_k, body.mode, history)
         answer_id = await run_in_threadpool(tracker.answered, question, history, result, "openai")
         add_log_fields(

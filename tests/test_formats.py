@@ -115,6 +115,11 @@ def test_epub_reads_the_spine_in_order_with_chapter_titles(books: Path) -> None:
     assert not extracted.guess_headings
 
 
+def test_epub_without_navigation_names_chapters_by_their_headings(tmp_path: Path) -> None:
+    extracted = extract(make_epub(tmp_path / "no-nav.epub", EPUB_CHAPTERS, []))
+    assert [page.label for page in extracted.pages] == ["1장 도토리 화폐의 탄생", "2장 해초 농업"]
+
+
 def test_docx_heading_styles_and_tables(books: Path) -> None:
     extracted = extract(books / "space-station.docx")
     text = extracted.text

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from indexer.commands import EXIT_UNUSABLE, console, fail, index, search, settings_callback
+from indexer.commands import EXIT_UNUSABLE, console, fail, index, report_skipped, search, settings_callback
 from indexer.corpus import CorpusError
 from indexer.embedding import EmbedderError
 from indexer.engine import ensure_index
@@ -47,6 +47,7 @@ def serve(
         result = ensure_index(settings, show_progress=True)
     except (IndexLoadError, EmbedderError, CorpusError) as error:
         raise fail(error, EXIT_UNUSABLE) from error
+    report_skipped(settings)
     if result.status == "built":
         console.print(f"색인을 만들었습니다: {result.path}")
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")

@@ -141,6 +141,15 @@ def extract_epub(path: Path) -> Extracted:
         at = blocks.anchors.get(point.fragment, 0) if point.fragment else 0
         titles.setdefault((point.href, at), point.title)
 
+    if not titles:
+        # No usable table of contents: each chapter is named by its first heading, else its <title>.
+        for chapter in chapters:
+            blocks = parsed[chapter]
+            first = next((text for text, level in blocks.blocks if level is not None), None)
+            title = first or " ".join(blocks.title.split())
+            if title:
+                titles[(chapter, 0)] = title
+
     builder = TextBuilder()
     for chapter in chapters:
         blocks = parsed[chapter]
