@@ -276,8 +276,9 @@ def create_api(
         qa_service = service()
         history = [Turn(m.role, m.content) for m in body.history]
         log_question(request, body.question, channel=channel, top_k=body.top_k, mode=body.mode)
-        result = await run_in_threadpool(qa_service.ask, body.question, body.top_k, body.mode, history)
-        answer_id = await run_in_threadpool(tracker.answered, body.question, history, result, channel)
+        result, answer_id = await run_in_threadpool(
+            tracker.ask, qa_service, body.question, body.top_k, body.mode, history, channel
+        )
         add_log_fields(request.scope["state"], answer_id=answer_id, answer_mode=result.answer_mode, abstained=result.abstained)
         return ask_response(result, answer_id)
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from service.qa import AskResult, Turn
+from indexer.settings import SearchMode
+from service.qa import AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class FeedbackStore:
         self.answer_seconds = answer_days * 86_400
         self._remembered = 0
         self._lock = threading.Lock()
+        self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")
@@ -108,14 +110,16 @@ class FeedbackStore:
 
     @contextmanager
     def _connect(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: no connection is shared between threads, and each write is
-        # one transaction that waits (busy timeout) rather than fails while another process writes.
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            yield connection
-        finally:
-            connection.close()
+        # A connection per thread, kept open: none is shared between threads, and closing the last
+        # connection of a WAL database checkpoints it with an fsync, which cost ~20 ms per answer
+        # when each write opened its own. Each write is one transaction that waits (busy timeout)
+        # rather than fails while another thread or process writes.
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            self._local.connection = connection
+        connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        yield connection
 
     def remember(
         self, question: str, history: Sequence[Turn], result: AskResult, index_version: str, channel: str
@@ -278,6 +282,13 @@ class AnswerTracker:
         self.store = store
         self.observer = observer
         self._index_version = index_version
+
+    def ask(
+        self, qa: QAService, question: str, top_k: int, mode: SearchMode, history: list[Turn], channel: str
+    ) -> tuple[AskResult, str | None]:
+        """`qa.ask`, then `answered`: one call, so the API hands a request to a worker thread once, not twice."""
+        result = qa.ask(question, top_k, mode, history)
+        return result, self.answered(question, history, result, channel)
 
     def answered(self, question: str, history: Sequence[Turn], result: AskResult, channel: str) -> str | None:
         """Count the answer in the metrics and remember it; its `answer_id` (None when feedback is off)."""

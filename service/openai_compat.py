@@ -148,8 +148,7 @@ def openai_router(
         qa = get_service()
         question, history = question_and_history(body.messages)
         log_question(request, question, channel="openai", top_k=body.top_k, mode=body.mode)
-        result = await run_in_threadpool(qa.ask, question, body.top_k, body.mode, history)
-        answer_id = await run_in_threadpool(tracker.answered, question, history, result, "openai")
+        result, answer_id = await run_in_threadpool(tracker.ask, qa, question, body.top_k, body.mode, history, "openai")
         add_log_fields(
             request.scope["state"], answer_id=answer_id, answer_mode=result.answer_mode, abstained=result.abstained
         )
