@@ -11,7 +11,7 @@ import pytest
 
 from indexer.corpus import scan_corpus
 from indexer.engine import SearchEngine
-from indexer.formats import ExtractionError, extract
+from indexer.formats import ExtractionError, extract, page_at
 from indexer.settings import Settings
 from service.qa import QAService
 from tests.documents import BOOK, book_html, encrypted_pdf, make_docx, make_epub, page_html, print_to_pdf, scanned_pdf
@@ -86,6 +86,19 @@ def test_pdf_pages_and_outline_headings(books: Path) -> None:
     assert extracted.pages[1].offset <= whale < extracted.pages[2].offset
     # A wrapped paragraph is one line again.
     assert "혹등고래는 겨울마다 하와이 근처의 따뜻한 바다에서 긴 노래를 부른다." in text.split("\n")
+
+
+def test_a_blank_page_keeps_the_pages_around_it_apart(tmp_path: Path) -> None:
+    pdf = print_to_pdf(
+        page_html(
+            '<div class="page"><p>첫 쪽의 문단입니다</p></div><div class="page"><svg width="9" height="9"></svg></div>'
+            "<div><p>셋째 쪽의 문단입니다.</p></div>"
+        ),
+        tmp_path / "blank.pdf",
+    )
+    extracted = extract(pdf)
+    assert extracted.text == "첫 쪽의 문단입니다\n셋째 쪽의 문단입니다."
+    assert page_at(extracted.pages, 0) == "1" and page_at(extracted.pages, extracted.text.index("셋째")) == "3"
 
 
 def test_book_pdf_keeps_paragraphs_and_drops_running_heads(books: Path) -> None:

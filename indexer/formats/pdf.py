@@ -228,6 +228,8 @@ def extract_pdf(path: Path) -> Extracted:
             paragraph.append(line.text)
             previous = line
         if not page_started:
+            # A page without text ends the paragraph before it, so that paragraph keeps its own page.
+            flush()
             builder.start_page(label)
     flush()
     extracted = builder.build(guess_headings=True)
