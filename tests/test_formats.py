@@ -273,3 +273,11 @@ def test_api_and_chat_show_pages(books_qa: QAService) -> None:
     assert all("page" in p for p in body["passages"])
     *_, (_, _, _, sources) = make_respond(lambda: books_qa)("마이데이터가 뭐야?", [], None, 5, "hybrid")
     assert f"p. {body['citations'][0]['page']}" in sources
+
+
+def test_html_without_a_head_end_tag_keeps_its_body(tmp_path: Path) -> None:
+    page = tmp_path / "bare.html"
+    page.write_text("<html><head><title>제목</title><meta charset=utf-8><body><p>본문<br/>둘째 줄</p><h2>절</h2>", encoding="utf-8")
+    extracted = extract(page)
+    assert extracted.text == "본문\n둘째 줄\n절"
+    assert [(extracted.text[h.start : h.end], h.level) for h in extracted.headings] == [("절", 2)]

@@ -17,8 +17,8 @@ BLOCK_TAGS = frozenset(
     "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section summary table tbody td tfoot th thead tr ul".split()
 )
 HEADING_TAGS = {f"h{level}": level for level in range(1, 7)}
-# Never text a reader sees.
-SKIPPED_TAGS = frozenset("script style template noscript head svg math iframe object".split())
+# Never text a reader sees. (Not <head>: its end tag is optional, and only <title> in it has text.)
+SKIPPED_TAGS = frozenset("script style template noscript svg math iframe object".split())
 VOID_TAGS = frozenset("area base br col embed hr img input link meta source track wbr".split())
 
 
@@ -49,15 +49,9 @@ class BlockParser(HTMLParser):
             self._flush()
         if tag in HEADING_TAGS:
             self._heading = HEADING_TAGS[tag]
+        # A self-closing tag (<a id="x"/>) comes here too, then to handle_endtag (HTMLParser's default).
         element_id = dict(attrs).get("id")
         if element_id and element_id not in self.anchors:
-            self.anchors[element_id] = len(self.blocks)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if not self._skip_depth and tag.lower() in BLOCK_TAGS:
-            self._flush()
-        element_id = dict(attrs).get("id")
-        if element_id and element_id not in self.anchors and not self._skip_depth:
             self.anchors[element_id] = len(self.blocks)
 
     def handle_endtag(self, tag: str) -> None:
@@ -77,6 +71,7 @@ class BlockParser(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data
+            return
         if not self._skip_depth:
             self._current.append(data)
 
