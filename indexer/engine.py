@@ -103,6 +103,7 @@ class SentenceMatch:
     kind: SentenceKind
     terms: tuple[str, ...]
     cosine: float
+    page: str | None = None
 
 
 class SearchEngine:
@@ -176,6 +177,7 @@ class SearchEngine:
                         sentence.kind,
                         sentence.terms,
                         float(cosine),
+                        sentence.page,
                     )
                 )
         return matches

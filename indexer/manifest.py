@@ -17,8 +17,9 @@ from indexer.embedding import QueryEncoder
 from indexer.korean import ANALYZER_VERSION
 from indexer.settings import Settings
 
-# Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl).
-FORMAT_VERSION = 3
+# Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl;
+# 4: the page of each chunk and sentence).
+FORMAT_VERSION = 4
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
 CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"

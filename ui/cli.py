@@ -14,9 +14,9 @@ import typer
 
 from rich.markup import escape
 
-from indexer.commands import console, index, search, settings_callback
+from indexer.commands import console, index, report_skipped, search, settings_callback
 from indexer.settings import Settings
-from service.commands import ask
+from service.commands import ask, feedback_app
 
 COMMAND_GROUP = "bookqa.commands"
 
@@ -25,6 +25,7 @@ app.callback()(settings_callback)
 app.command()(index)
 app.command()(search)
 app.command()(ask)
+app.add_typer(feedback_app, name="feedback")
 
 
 @app.command()
@@ -46,10 +47,14 @@ def serve(
 
     import uvicorn
 
+    from service.observability import configure_logging
     from ui.server import create_app
 
+    report_skipped(settings)
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings, loader=loading.result), host=host, port=port, log_level="info")
+    configure_logging(settings.log_level)
+    # One JSON line per request comes from bookqa's own middleware (with its request id), not uvicorn's access log.
+    uvicorn.run(create_app(settings, loader=loading.result), host=host, port=port, log_level="info", access_log=False)
 
 
 for _entry in entry_points(group=COMMAND_GROUP):
