@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from indexer.corpus import Document
@@ -46,6 +46,8 @@ class Chunk:
     text: str
     # The units citations quote and answers are built from, in document order.
     sentences: tuple[Sentence, ...] = ()
+    # BM25 tokens: the Kiwi content morphemes of `embedding_text(chunk)`, kept so a rebuild reuses them.
+    terms: tuple[str, ...] = ()
 
     def sentence_text(self, sentence: Sentence) -> str:
         """The text of one of this chunk's sentences (an exact slice of the document)."""
@@ -57,7 +59,14 @@ class Chunk:
         sentences = tuple(
             Sentence(item["start"], item["end"], item["kind"], tuple(item["terms"])) for item in record["sentences"]
         )
-        return cls(**{**record, "heading_path": tuple(record["heading_path"]), "sentences": sentences})
+        return cls(
+            **{
+                **record,
+                "heading_path": tuple(record["heading_path"]),
+                "sentences": sentences,
+                "terms": tuple(record.get("terms", ())),
+            }
+        )
 
 
 def embedding_text(chunk: Chunk) -> str:
@@ -136,18 +145,17 @@ def chunk_document(
                 start, end = span.start + found.start, span.start + found.end
                 kind = _sentence_kind(section, Span(start, end))
                 sentences.append(Sentence(start, end, kind, tuple(analyzer.content_morphemes(text[found.start : found.end]))))
-            chunks.append(
-                Chunk(
-                    chunk_id=f"{document.doc_id}#{len(chunks)}",
-                    doc=document.doc_id,
-                    section=section.title,
-                    heading_path=section.heading_path,
-                    start=span.start,
-                    end=span.end,
-                    text=text,
-                    sentences=tuple(sentences),
-                )
+            chunk = Chunk(
+                chunk_id=f"{document.doc_id}#{len(chunks)}",
+                doc=document.doc_id,
+                section=section.title,
+                heading_path=section.heading_path,
+                start=span.start,
+                end=span.end,
+                text=text,
+                sentences=tuple(sentences),
             )
+            chunks.append(replace(chunk, terms=tuple(analyzer.content_morphemes(embedding_text(chunk)))))
     return chunks
 
 

@@ -6,7 +6,7 @@ retrieval path and evaluation measures what users get.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -38,6 +38,8 @@ class SearchRequest:
     query: str
     top_k: int = 5
     mode: SearchMode = "hybrid"
+    # Only these documents (ids as in `document_ids()`); None searches them all.
+    docs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.query, str) or not self.query.strip():
@@ -48,6 +50,8 @@ class SearchRequest:
             raise QueryError(f"top_k는 1에서 {MAX_TOP_K} 사이여야 합니다: {self.top_k}")
         if self.mode not in SEARCH_MODES:
             raise QueryError(f"알 수 없는 검색 방식입니다: {self.mode} (가능: {', '.join(SEARCH_MODES)})")
+        if self.docs is not None and (not self.docs or not all(isinstance(d, str) and d for d in self.docs)):
+            raise QueryError("문서 필터(doc)에는 문서 이름이 하나 이상 있어야 합니다.")
 
 
 def load_embedder(settings: Settings) -> Embedder:
@@ -124,10 +128,24 @@ class SearchEngine:
         self.embed_query.cache_clear()
         self.query_terms.cache_clear()
 
-    def search(self, query: str, top_k: int = 5, mode: SearchMode = "hybrid") -> list[Passage]:
-        """The best passages for a query, validated first (QueryError on bad input)."""
-        request = SearchRequest(query=query, top_k=top_k, mode=mode)
-        return self._retriever.search(request.query.strip(), request.top_k, request.mode)
+    def search(
+        self, query: str, top_k: int = 5, mode: SearchMode = "hybrid", docs: Collection[str] | None = None
+    ) -> list[Passage]:
+        """The best passages for a query, from all documents or only `docs`, validated first (QueryError on bad input)."""
+        request = SearchRequest(query=query, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
+        self.check_documents(request.docs)
+        return self._retriever.search(request.query.strip(), request.top_k, request.mode, request.docs)
+
+    def check_documents(self, docs: Collection[str] | None) -> None:
+        """Refuse a document filter naming a document the index does not have (QueryError listing some it has)."""
+        if docs is None:
+            return
+        known = self._store.manifest.documents
+        unknown = sorted(set(docs) - set(known))
+        if unknown:
+            names = sorted(known)
+            shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
+            raise QueryError(f"색인에 없는 문서입니다: {', '.join(unknown)} (있는 문서: {shown})")
 
     def sentence_matches(self, query: str, chunk_ids: Sequence[str]) -> list[SentenceMatch]:
         """Every sentence of the given chunks with its cosine to `query`, chunk by chunk in sentence order.

