@@ -1,4 +1,4 @@
-"""The evaluator's command of the `bookqa` command line: `eval`.
+"""The evaluator's commands of the `bookqa` command line: `eval`, and the `bench` group (`bench scale`).
 
 It reaches `bookqa` through the `bookqa.commands` entry points in pyproject.toml, so the CLI
 root needs no import of this package.
@@ -57,3 +57,64 @@ def evaluate_gold(
             figures += f"  containment {m.answer_containment:.3f}  p50 {m.latency_p50_ms:.0f} ms"
         console.print(f"[bold]{escape(m.mode)}[/bold]  {figures}", soft_wrap=True)
     console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")
+
+
+# `bookqa bench …`: a command group; its subcommands measure one thing each. (The bare `bookqa bench`
+# is left free for a benchmark of the service itself.)
+bench = typer.Typer(help="벤치마크: 수치를 출력합니다 (bench scale: 합성 서가에서 검색 규모 측정)", no_args_is_help=True)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`10k,100k,1M` or `10000,100000` → chunk counts (BadParameter on anything else)."""
+    sizes = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        factor = {"k": 1_000, "m": 1_000_000}.get(part[-1], 1)
+        number = part[:-1] if factor > 1 else part
+        if not number.isdigit() or int(number) * factor < 1:
+            raise typer.BadParameter(f"청크 수가 아닙니다: {part!r} (예: 10k,100k,1M)")
+        sizes.append(int(number) * factor)
+    if not sizes:
+        raise typer.BadParameter("청크 수를 하나 이상 주세요 (예: 10k,100k,1M)")
+    return sizes
+
+
+@bench.command("scale")
+def bench_scale(
+    ctx: typer.Context,
+    chunks: Annotated[str, typer.Option("--chunks", help="합성 서가의 청크 수, 쉼표로 (예: 10k,100k,1M)")] = "10k,100k,1M",
+    gold: Annotated[Path, typer.Option("--gold", help="질문으로 쓸 골드 파일")] = Path("eval/gold/qa.jsonl"),
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="합성 색인을 만들 폴더")] = Path(".bookqa/bench-scale"),
+    embed_max: Annotated[int, typer.Option("--embed-max", help="이 크기까지는 청크 벡터를 실제 모델로 만듭니다")] = 10_000,
+    approximate: Annotated[str, typer.Option("--approximate", help="근사 색인: hnsw 또는 ivf")] = "hnsw",
+    max_minutes: Annotated[float, typer.Option("--max-minutes", help="전체 시간 한도(분); 넘으면 남은 크기는 건너뜁니다")] = 90.0,
+    keep: Annotated[bool, typer.Option("--keep", help="합성 색인을 지우지 않습니다")] = False,
+) -> None:
+    """Build synthetic libraries of N chunks and print one JSON line per size: build time, size, memory, latency, recall."""
+    import json
+    import time
+
+    from eval.bench_scale import run_scale
+    from eval.gold import GoldFileError, load_gold
+    from indexer.engine import SearchEngine, ensure_index
+    from indexer.corpus import CorpusError
+    from indexer.embedding import EmbedderError
+    from indexer.manifest import IndexLoadError
+
+    sizes = parse_sizes(chunks)
+    if approximate not in ("hnsw", "ivf"):
+        raise fail(ValueError(f"--approximate는 hnsw 또는 ivf입니다: {approximate}"), EXIT_BAD_INPUT)
+    try:
+        questions = [q.question for q in load_gold(gold)]
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    settings = ctx.obj.model_copy(update={"store": "faiss"})
+    try:
+        ensure_index(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    engine = load_or_exit(SearchEngine.load, settings)
+    deadline = time.monotonic() + max_minutes * 60
+    for figures in run_scale(
+        engine, sizes, work_dir, questions, embed_max, approximate, settings.exact_max_chunks, keep, deadline
+    ):
+        typer.echo(json.dumps(figures, ensure_ascii=False))

@@ -17,6 +17,7 @@ A search touches the nearest chunks' rows only: no question scores every sentenc
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import shutil
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -37,7 +38,7 @@ from indexer.manifest import (
     read_manifest,
 )
 from indexer.settings import Settings
-from indexer.store import DocumentData, IndexContent
+from indexer.store import DocumentData, IndexContent, verify_chunks
 
 CHUNKS = "chunks.jsonl"
 CHUNK_OFFSETS = "chunk_offsets.npy"
@@ -58,15 +59,23 @@ CHUNK_CACHE_SIZE = 8192
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+# The IVF alternative measured against HNSW (README): inverted lists with 8-bit scalar quantisation.
+IVF_PROBE = 32
 # With a document filter, up to this many rows are scored exactly instead of walking the graph with a selector.
 FILTER_EXACT_ROWS = 200_000
 ADD_BATCH = 65_536
 
 
-def choose_dense_index(n_chunks: int, exact_max_chunks: int) -> StoreInfo:
-    """Exact search while it is fast enough (a flat scan of `exact_max_chunks` rows), HNSW beyond."""
+def choose_dense_index(n_chunks: int, exact_max_chunks: int, approximate: str = "hnsw") -> StoreInfo:
+    """Exact search while it is fast enough (a flat scan of `exact_max_chunks` rows), HNSW beyond.
+
+    `approximate="ivf"` picks the IVF alternative instead (for measuring it; HNSW won, see README).
+    """
     if n_chunks <= exact_max_chunks:
         return StoreInfo(kind="faiss", dense_index="flat")
+    if approximate == "ivf":
+        nlist = max(16, int(4 * math.sqrt(n_chunks)))
+        return StoreInfo(kind="faiss", dense_index="ivf", params={"nlist": nlist, "nprobe": IVF_PROBE})
     return StoreInfo(
         kind="faiss",
         dense_index="hnsw",
@@ -82,6 +91,12 @@ def build_dense_index(vectors: np.ndarray, info: StoreInfo) -> faiss.Index:
     elif info.dense_index == "hnsw":
         index = faiss.IndexHNSWFlat(dim, int(info.params["M"]), faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = int(info.params["ef_construction"])
+    elif info.dense_index == "ivf":
+        quantizer = faiss.IndexFlatIP(dim)
+        nlist = int(info.params["nlist"])
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), nlist * 40), replace=False)
+        index.train(np.ascontiguousarray(vectors[np.sort(sample)], dtype=np.float32))
     else:
         raise ValueError(f"unknown dense index: {info.dense_index}")
     for start in range(0, len(vectors), ADD_BATCH):
@@ -128,8 +143,12 @@ class FaissStore:
             raise IndexCorruptError(
                 f"색인 파일을 읽을 수 없습니다 ({folder}): {error}. `bookqa index --force`로 다시 만드세요."
             ) from error
+        # The downcast view does not own the index: keep the object read_index returned alive beside it.
+        self._dense_owner, self._dense = self._dense, faiss.downcast_index(self._dense)
         if self._info.dense_index == "hnsw":
-            faiss.downcast_index(self._dense).hnsw.efSearch = int(self._info.params.get("ef_search", HNSW_EF_SEARCH))
+            self._dense.hnsw.efSearch = int(self._info.params.get("ef_search", HNSW_EF_SEARCH))
+        elif self._info.dense_index == "ivf":
+            self._dense.nprobe = int(self._info.params.get("nprobe", IVF_PROBE))
         self._first_chunk = {doc: entry.first_chunk for doc, entry in manifest.documents.items()}
         self.chunk = lru_cache(maxsize=CHUNK_CACHE_SIZE)(self._read_chunk)
         self._check_shapes()
@@ -158,32 +177,8 @@ class FaissStore:
 
     def verify(self) -> None:
         """Check every chunk against its document's text and the manifest's ranges (IndexCorruptError if not)."""
-        broken, count = [], 0
-        try:
-            for position, chunk in enumerate(self.iter_chunks()):
-                count += 1
-                text = self._documents.get(chunk.doc, "")
-                n_sentences = int(self._sentence_offsets[position + 1] - self._sentence_offsets[position])
-                if (
-                    text[chunk.start : chunk.end] != chunk.text
-                    or any(not chunk.start <= s.start < s.end <= chunk.end for s in chunk.sentences)
-                    or self.position_of(chunk.chunk_id) != position
-                    or n_sentences != len(chunk.sentences)
-                ):
-                    broken.append(chunk.chunk_id)
-        except (ValueError, TypeError, KeyError) as error:
-            raise IndexCorruptError(
-                f"색인 파일을 읽을 수 없습니다 ({self.folder / CHUNKS}): {error}. `bookqa index --force`로 다시 만드세요."
-            ) from error
-        problems = []
-        if count != self.manifest.n_chunks:
-            problems.append(f"청크 {count}개, 매니페스트 {self.manifest.n_chunks}개")
-        if broken:
-            problems.append(f"원문과 다른 청크 {len(broken)}개 (예: {broken[0]})")
-        if problems:
-            raise IndexCorruptError(
-                f"색인이 일관되지 않습니다 ({self.folder}): {'; '.join(problems)}. `bookqa index --force`로 다시 만드세요."
-            )
+        offsets = self._sentence_offsets
+        verify_chunks(self, self._documents, str(self.folder), lambda p: int(offsets[p + 1] - offsets[p]))
 
     def __len__(self) -> int:
         return self.manifest.n_chunks
@@ -226,7 +221,11 @@ class FaissStore:
             rows = self._rows(docs)
             if len(rows) <= FILTER_EXACT_ROWS or self._info.dense_index == "flat":
                 return _top_k(rows, np.asarray(self._chunk_vectors[rows]) @ query[0], k)
-            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(rows), efSearch=self._dense.hnsw.efSearch)
+            selector = faiss.IDSelectorBatch(rows)
+            if self._info.dense_index == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._dense.hnsw.efSearch)
+            else:
+                params = faiss.SearchParametersIVF(sel=selector, nprobe=self._dense.nprobe)
             _, ids = self._dense.search(query, min(k, len(rows)), params=params)
         else:
             _, ids = self._dense.search(query, min(k, self.manifest.n_chunks))
@@ -294,11 +293,13 @@ def _top_k(positions: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int,
     return [(int(positions[i]), float(scores[i])) for i in order]
 
 
-def write_index_files(folder: Path, content: IndexContent, exact_max_chunks: int) -> Manifest:
+def write_index_files(
+    folder: Path, content: IndexContent, exact_max_chunks: int, approximate: str = "hnsw"
+) -> Manifest:
     """Write a whole index into an empty folder, streaming documents; the manifest goes last."""
     manifest = content.manifest
     n, n_sentences, dim = manifest.n_chunks, manifest.n_sentences, manifest.model.dim
-    info = choose_dense_index(n, exact_max_chunks)
+    info = choose_dense_index(n, exact_max_chunks, approximate)
     chunk_vectors = np.lib.format.open_memmap(folder / CHUNK_VECTORS, mode="w+", dtype=np.float32, shape=(n, dim))
     sentence_vectors = np.lib.format.open_memmap(
         folder / SENTENCE_VECTORS, mode="w+", dtype=SENTENCE_DTYPE, shape=(n_sentences, dim)

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     milvus_collection: str = Field(
         "bookqa", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$", description="Milvus alias the service reads."
     )
+    milvus_lexical: Literal["sparse", "bm25"] = Field(
+        "sparse",
+        description="Milvus lexical side: client-side BM25 sparse vectors (as bm25s scores) or Milvus's BM25 function.",
+    )
     exact_max_chunks: int = Field(
         50_000, ge=0, description="Exact (flat) FAISS search up to this many chunks, an approximate index beyond."
     )

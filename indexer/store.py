@@ -10,7 +10,7 @@ order), the same in every store, so rankings and their ties come out identical.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,7 +19,7 @@ import numpy as np
 from indexer.chunking import Chunk
 from indexer.corpus import Document, load_corpus
 from indexer.embedding import Embedder
-from indexer.manifest import IndexMismatchError, Manifest, manifest_differences
+from indexer.manifest import IndexCorruptError, IndexMismatchError, Manifest, manifest_differences
 from indexer.settings import Settings
 
 
@@ -158,3 +158,41 @@ def load_index(settings: Settings, embedder: Embedder) -> IndexStore:
         )
     return backend.open(manifest, documents)
 
+
+
+def verify_chunks(
+    store: IndexStore,
+    documents: Mapping[str, str],
+    where: str,
+    stored_sentences: Callable[[int], int] | None = None,
+) -> None:
+    """Check every chunk of `store` against its document's text and the manifest's ranges.
+
+    `stored_sentences(position)` is how many sentence vectors the store keeps for a chunk, when it can say.
+    Raises IndexCorruptError naming the first broken chunk.
+    """
+    broken, count = [], 0
+    try:
+        for position, chunk in enumerate(store.iter_chunks()):
+            count += 1
+            text = documents.get(chunk.doc, "")
+            if (
+                text[chunk.start : chunk.end] != chunk.text
+                or any(not chunk.start <= s.start < s.end <= chunk.end for s in chunk.sentences)
+                or store.position_of(chunk.chunk_id) != position
+                or (stored_sentences is not None and stored_sentences(position) != len(chunk.sentences))
+            ):
+                broken.append(chunk.chunk_id)
+    except (ValueError, TypeError, KeyError) as error:
+        raise IndexCorruptError(
+            f"색인 청크를 읽을 수 없습니다 ({where}): {error}. `bookqa index --force`로 다시 만드세요."
+        ) from error
+    problems = []
+    if count != store.manifest.n_chunks:
+        problems.append(f"청크 {count}개, 매니페스트 {store.manifest.n_chunks}개")
+    if broken:
+        problems.append(f"원문과 다른 청크 {len(broken)}개 (예: {broken[0]})")
+    if problems:
+        raise IndexCorruptError(
+            f"색인이 일관되지 않습니다 ({where}): {'; '.join(problems)}. `bookqa index --force`로 다시 만드세요."
+        )

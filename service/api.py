@@ -31,6 +31,7 @@ from service.qa import AskResult, QAService, Turn
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024
 MAX_HISTORY_CHARS = 4000
+MAX_DOC_FILTER = 100
 
 
 class HistoryMessage(BaseModel):
@@ -43,6 +44,14 @@ class AskRequest(BaseModel):
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     history: list[HistoryMessage] = Field(default_factory=list, max_length=50)
+    doc: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        None, min_length=1, max_length=MAX_DOC_FILTER, description="Only these documents (ids as in passages' `doc`)."
+    )
+
+    @field_validator("doc", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("question")
     @classmethod
@@ -239,7 +248,9 @@ def create_api(
         """Answer a question from the book, with `[n]` markers and exact citations."""
         qa_service = service()
         history = [Turn(m.role, m.content) for m in request.history]
-        result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
+        result = await run_in_threadpool(
+            qa_service.ask, request.question, request.top_k, request.mode, history, request.doc
+        )
         return ask_response(result)
 
     @app.post("/v1/ask/stream", tags=["qa"])
@@ -247,7 +258,9 @@ def create_api(
         """The same answer as server-sent events: `delta` events with text, then `done` with everything."""
         qa_service = service()
         history = [Turn(m.role, m.content) for m in request.history]
-        result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
+        result = await run_in_threadpool(
+            qa_service.ask, request.question, request.top_k, request.mode, history, request.doc
+        )
         response = ask_response(result)
 
         async def events() -> AsyncIterator[str]:
@@ -262,10 +275,13 @@ def create_api(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="질문")],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Query()] = "hybrid",
+        doc: Annotated[
+            list[str] | None, Query(max_length=MAX_DOC_FILTER, description="이 문서에서만 (여러 번 쓸 수 있음)")
+        ] = None,
     ) -> SearchResponse:
-        """Ranked passages for a query, best first; `document[start:end] == text`."""
+        """Ranked passages for a query, best first; `document[start:end] == text`; `doc` limits it to documents."""
         qa_service = service()
-        passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
+        passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode, doc)
         return SearchResponse(passages=passages)
 
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from indexer.engine import QueryError, SearchEngine, SearchRequest
@@ -64,15 +65,22 @@ class QAService:
             llm = LLMAnswerer(settings.llm_base_url, settings.llm_model, settings.llm_api_key, settings.llm_timeout)
         return cls(SearchEngine.load(settings), llm)
 
-    def ask(self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None) -> AskResult:
-        """Answer `question` from the book; raises QueryError for unusable input."""
+    def ask(
+        self,
+        question: str,
+        top_k: int = 5,
+        mode: SearchMode = "hybrid",
+        history: list[Turn] | None = None,
+        docs: Collection[str] | None = None,
+    ) -> AskResult:
+        """Answer `question` from the library (or only `docs`); raises QueryError for unusable input."""
         history = list(history or [])
         if len(history) > MAX_HISTORY_TURNS:
             history = history[-MAX_HISTORY_TURNS:]
-        request = SearchRequest(query=question, top_k=top_k, mode=mode)  # validates
+        request = SearchRequest(query=question, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
         query = retrieval_query(request.query, history)
         started = time.perf_counter()
-        passages = self.engine.search(query[-4000:], top_k=request.top_k, mode=request.mode)
+        passages = self.engine.search(query[-4000:], top_k=request.top_k, mode=request.mode, docs=request.docs)
         retrieved = time.perf_counter()
         extractive = extractive_answer(self.engine, query, passages)
         result = self._from_answer(extractive)

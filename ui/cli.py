@@ -52,7 +52,12 @@ def serve(
 
 
 for _entry in entry_points(group=COMMAND_GROUP):
-    app.command(_entry.name)(_entry.load())
+    # An entry point names a command (a function) or a group of commands (a typer.Typer).
+    _command = _entry.load()
+    if isinstance(_command, typer.Typer):
+        app.add_typer(_command, name=_entry.name)
+    else:
+        app.command(_entry.name)(_command)
 
 
 if __name__ == "__main__":
