@@ -85,7 +85,7 @@ def bench_scale(
     gold: Annotated[Path, typer.Option("--gold", help="질문으로 쓸 골드 파일")] = Path("eval/gold/qa.jsonl"),
     work_dir: Annotated[Path, typer.Option("--work-dir", help="합성 색인을 만들 폴더")] = Path(".bookqa/bench-scale"),
     embed_max: Annotated[int, typer.Option("--embed-max", help="이 크기까지는 청크 벡터를 실제 모델로 만듭니다")] = 10_000,
-    approximate: Annotated[str, typer.Option("--approximate", help="근사 색인: hnsw 또는 ivf")] = "hnsw",
+    approximate: Annotated[str, typer.Option("--approximate", help="근사 색인: ivf (기본) 또는 hnsw")] = "ivf",
     max_minutes: Annotated[float, typer.Option("--max-minutes", help="전체 시간 한도(분); 넘으면 남은 크기는 건너뜁니다")] = 90.0,
     keep: Annotated[bool, typer.Option("--keep", help="합성 색인을 지우지 않습니다")] = False,
 ) -> None:

@@ -270,7 +270,8 @@ class MilvusStore:
             self._chunks,
             data=data,
             anns_field=field,
-            limit=k,
+            # A few more than asked, so chunks tied at the cut are chosen by position, as in the FAISS store.
+            limit=min(self.manifest.n_chunks, 2 * k + 10),
             filter=_doc_filter(docs),
             output_fields=["record"],
             search_params={"metric_type": metric},
@@ -278,7 +279,7 @@ class MilvusStore:
         self._remember_records(hits)
         # Milvus Lite reports BM25 scores negated (as distances); a server reports them as they are.
         pairs = [(int(h["pk"]), abs(float(h["distance"]))) for h in hits]
-        return sorted((pair for pair in pairs if pair[1] > 0), key=lambda pair: (-pair[1], pair[0]))
+        return sorted((pair for pair in pairs if pair[1] > 0), key=lambda pair: (-pair[1], pair[0]))[:k]
 
     def document_data(self, doc: str) -> DocumentData:
         entry = self.manifest.documents[doc]
