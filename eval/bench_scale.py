@@ -304,7 +304,7 @@ def run_scale(
         yield figures
 
 
-def perturbation_fidelity(engine: SearchEngine, pool: SentencePool, sample: int = 300) -> float:
+def perturbation_fidelity(engine: SearchEngine, pool: SentencePool, sample: int = 200) -> float:
     """Mean cosine between the embedder's chunk vectors and the perturbed construction, on `sample` chunks."""
     documents = list(synthetic_documents(pool, sample, 7, None))
     chunks = [c for d in documents for c in d.chunks]

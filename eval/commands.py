@@ -118,3 +118,32 @@ def bench_scale(
         engine, sizes, work_dir, questions, embed_max, approximate, settings.exact_max_chunks, keep, deadline
     ):
         typer.echo(json.dumps(figures, ensure_ascii=False))
+
+
+@bench.command("stores")
+def bench_stores(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일")] = Path("eval/gold/qa.jsonl"),
+) -> None:
+    """The gold set's retrieval through the FAISS store and through Milvus Lite: one JSON line per variant."""
+    import json
+
+    from eval.bench_stores import compare_stores
+    from eval.gold import GoldFileError, load_gold
+    from indexer.corpus import CorpusError
+    from indexer.embedding import EmbedderError
+    from indexer.engine import SearchEngine, ensure_index
+    from indexer.manifest import IndexLoadError
+
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    settings = ctx.obj.model_copy(update={"store": "faiss"})
+    try:
+        ensure_index(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    engine = load_or_exit(SearchEngine.load, settings)
+    for figures in compare_stores(settings, engine, questions):
+        typer.echo(json.dumps(figures, ensure_ascii=False))

@@ -71,6 +71,10 @@ def build_index(
         reason = "강제 재색인"
     elif existing is not None:
         reasons = manifest_differences(existing, settings, documents, embedder, include_libraries=True)
+        wanted = backend.dense_index_for(existing.n_chunks)
+        if wanted != existing.store.dense_index:
+            # Only the search structure changes (BOOKQA_EXACT_MAX_CHUNKS): every vector is reused.
+            reasons.append(f"검색 구조가 바뀝니다: {existing.store.dense_index} → {wanted}")
         if not reasons:
             try:
                 backend.open(existing, documents).close()  # an up-to-date manifest over broken files is no index

@@ -374,6 +374,9 @@ class FaissBackend:
     def location(self) -> str:
         return str(self.index_dir)
 
+    def dense_index_for(self, n_chunks: int) -> str:
+        return choose_dense_index(n_chunks, self.exact_max_chunks).dense_index
+
     def read_manifest(self) -> Manifest:
         recover_interrupted_swap(self.index_dir)
         return read_manifest(self.index_dir)

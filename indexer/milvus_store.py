@@ -5,7 +5,9 @@ start) or a server (`http://host:19530`: Milvus standalone or a cluster). A buil
 collections, `<alias>__<stamp>` (one row per chunk: its record, document, dense vector and lexical
 vector; the manifest in the collection's properties) and `<alias>__<stamp>_s` (one row per sentence
 vector), and only when both are complete and loaded moves the alias `BOOKQA_MILVUS_COLLECTION` to
-them: an interrupted build never serves, and its leftovers are dropped by the next build.
+them: an interrupted build never serves, and its leftovers are dropped by the next build. A loaded
+store reads the collections its manifest names, so a running server keeps answering from its
+generation; the previous generation is kept until the next build.
 
 Milvus Lite's analyzers cannot split Korean, so the lexical side carries Kiwi morphemes. Two ways,
 measured on the gold set (README): `sparse` (default) stores client-side BM25 weights as sparse
@@ -319,6 +321,9 @@ class MilvusBackend:
     def location(self) -> str:
         return f"{self.uri} (Milvus, {self.alias})"
 
+    def dense_index_for(self, n_chunks: int) -> str:
+        return "flat" if n_chunks <= self.exact_max_chunks else "hnsw"
+
     def _live_collection(self) -> str | None:
         from pymilvus.exceptions import MilvusException
 
@@ -366,7 +371,7 @@ class MilvusBackend:
         self._drop_leftovers()
         name = f"{self.alias}__{time.strftime('%Y%m%d%H%M%S')}_{secrets.token_hex(3)}"
         dim = content.manifest.model.dim
-        if content.manifest.n_chunks <= self.exact_max_chunks:
+        if self.dense_index_for(content.manifest.n_chunks) == "flat":
             info = StoreInfo(kind="milvus", dense_index="flat", params={"lexical": self.lexical}, collection=name)
         else:
             params = {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}
@@ -418,9 +423,8 @@ class MilvusBackend:
             client.create_alias(name, self.alias)
         else:
             client.alter_alias(name, self.alias)
-            for collection in (previous, previous + SENTENCES_SUFFIX):
-                if client.has_collection(collection):
-                    client.drop_collection(collection)
+        # The previous generation stays until the next build: a server that loaded it keeps answering.
+        self._drop_except({name, previous})
         return manifest
 
     def _create(self, name: str, dim: int, info: StoreInfo) -> None:
@@ -468,9 +472,11 @@ class MilvusBackend:
         )
 
     def _drop_leftovers(self) -> None:
-        """Collections of builds that never went live (interrupted), so they cannot pile up."""
-        live = self._live_collection()
-        keep = {live, f"{live}{SENTENCES_SUFFIX}"} if live else set()
+        """Collections of builds that never went live (interrupted) and of older generations, so none pile up."""
+        self._drop_except({self._live_collection()})
+
+    def _drop_except(self, keep: set[str | None]) -> None:
+        kept = {name for collection in keep if collection for name in (collection, collection + SENTENCES_SUFFIX)}
         for collection in self.client.list_collections():
-            if collection.startswith(f"{self.alias}__") and collection not in keep:
+            if collection.startswith(f"{self.alias}__") and collection not in kept:
                 self.client.drop_collection(collection)

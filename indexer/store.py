@@ -119,6 +119,10 @@ class StoreBackend(Protocol):
         """Where the live index is, for messages (a folder, or a Milvus URI and alias)."""
         ...
 
+    def dense_index_for(self, n_chunks: int) -> str:
+        """The dense index this backend builds for `n_chunks` chunks under the current settings."""
+        ...
+
     def read_manifest(self) -> Manifest:
         """The live index's manifest; IndexMissingError when there is none, IndexCorruptError when unreadable."""
         ...
