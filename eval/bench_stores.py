@@ -22,10 +22,10 @@ from eval.metrics import hit_at_k, reciprocal_rank
 from eval.scoring import relevant_chunk_ids
 from indexer.corpus import load_corpus
 from indexer.engine import SearchEngine
-from indexer.faiss_store import FaissBackend
 from indexer.milvus_store import MilvusBackend, encode_terms, milvus_client, query_vector
+from indexer.retrieval import Retriever
 from indexer.settings import Settings
-from indexer.store import IndexContent
+from indexer.store import IndexContent, IndexStore, backend_for
 
 Ranker = Callable[[str], list[str]]
 
@@ -34,9 +34,6 @@ def measure(name: str, rank: Ranker, engine: SearchEngine, gold: list[GoldQuesti
     """Recall@1, MRR@10 and search latency of one ranking function over the answerable questions."""
     chunks = list(engine.chunks())
     questions = [q for q in gold if q.answerable]
-    for question in questions:
-        engine.embed_query(question.question)  # embedded once, outside the timing
-        engine.query_terms(question.question)
     rank(questions[0].question)
     hits, ranks, latencies = [], [], []
     for question in questions:
@@ -61,14 +58,31 @@ def milvus_engine(settings: Settings, faiss_engine: SearchEngine, folder: Path, 
     milvus = settings.model_copy(
         update={"store": "milvus", "milvus_uri": str(folder / f"{lexical}.db"), "milvus_lexical": lexical}
     )
-    backend = FaissBackend(settings)
-    store = backend.open(backend.read_manifest(), load_corpus(settings.corpus_dir), verify=False)
+    store = open_store(settings)
     MilvusBackend(milvus).write(IndexContent(store.manifest, [store.document_data(d) for d in store.document_ids()]))
     store.close()
     return SearchEngine(milvus, faiss_engine.embedder, faiss_engine.analyzer)
 
 
-def server_side_hybrid(engine: SearchEngine, ranker: str) -> Ranker:
+def open_store(settings: Settings) -> IndexStore:
+    """The live index of the store the settings name, as retrieval sees it."""
+    backend = backend_for(settings)
+    return backend.open(backend.read_manifest(), load_corpus(settings.corpus_dir), verify=False)
+
+
+class Queries:
+    """Every question embedded and analysed once, up front, so no timing includes it."""
+
+    def __init__(self, engine: SearchEngine, gold: list[GoldQuestion]) -> None:
+        texts = [q.question for q in gold]
+        self.vectors = dict(zip(texts, engine.embedder.encode_queries(texts)[:, None, :]))
+        self.terms = {text: engine.query_terms(text) for text in texts}
+
+    def retriever(self, store: IndexStore, settings: Settings) -> Retriever:
+        return Retriever(store, self.vectors.__getitem__, self.terms.__getitem__, settings.fusion, settings.dense_weight)
+
+
+def server_side_hybrid(engine: SearchEngine, queries: Queries, ranker: str) -> Ranker:
     """Milvus's own hybrid_search over the engine's collection (no sentence vectors, no definition lift)."""
     from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
@@ -80,8 +94,8 @@ def server_side_hybrid(engine: SearchEngine, ranker: str) -> Ranker:
     fuse = WeightedRanker(weight, 1 - weight) if ranker == "weighted" else RRFRanker(60)
 
     def rank(question: str) -> list[str]:
-        vector = engine.embed_query(question)[0].tolist()
-        terms = engine.query_terms(question)
+        vector = queries.vectors[question][0].tolist()
+        terms = queries.terms[question]
         lexical_data = [encode_terms(terms)] if lexical == "bm25" else [query_vector(terms) or {0: 0.0}]
         requests = [
             AnnSearchRequest(data=[vector], anns_field="dense", param={"metric_type": "IP"}, limit=100),
@@ -100,16 +114,19 @@ def server_side_hybrid(engine: SearchEngine, ranker: str) -> Ranker:
 
 def compare_stores(settings: Settings, faiss_engine: SearchEngine, gold: list[GoldQuestion]) -> Iterator[dict]:
     """One figures dict per row (see the module docstring)."""
+    queries = Queries(faiss_engine, gold)
 
-    def client_side(engine: SearchEngine, mode: str = "hybrid") -> Ranker:
-        return lambda question: [p.chunk_id for p in engine.search(question, top_k=10, mode=mode)]
+    def client_side(store_settings: Settings, mode: str = "hybrid") -> Ranker:
+        retriever = queries.retriever(open_store(store_settings), store_settings)
+        return lambda question: [p.chunk_id for p in retriever.search(question, 10, mode)]
 
-    yield measure("faiss", client_side(faiss_engine), faiss_engine, gold)
+    yield measure("faiss", client_side(settings), faiss_engine, gold)
+    yield measure("faiss bm25 mode", client_side(settings, "bm25"), faiss_engine, gold)
     with tempfile.TemporaryDirectory(prefix="bookqa-stores-") as folder:
         for lexical in ("sparse", "bm25"):
             engine = milvus_engine(settings, faiss_engine, Path(folder), lexical)
-            yield measure(f"milvus ({lexical}, convex fusion in bookqa)", client_side(engine), engine, gold)
-            yield measure(f"milvus ({lexical}) bm25 mode", client_side(engine, "bm25"), engine, gold)
+            yield measure(f"milvus ({lexical}), convex fusion in bookqa", client_side(engine.settings), engine, gold)
+            yield measure(f"milvus ({lexical}) bm25 mode", client_side(engine.settings, "bm25"), engine, gold)
             for ranker in ("weighted", "rrf"):
-                yield measure(f"milvus ({lexical}) hybrid_search {ranker}", server_side_hybrid(engine, ranker), engine, gold)
-        yield measure("faiss bm25 mode", client_side(faiss_engine, "bm25"), faiss_engine, gold)
+                rank = server_side_hybrid(engine, queries, ranker)
+                yield measure(f"milvus ({lexical}) hybrid_search {ranker}", rank, engine, gold)
