@@ -31,6 +31,8 @@ class Sentence:
     end: int
     kind: SentenceKind = "text"
     terms: tuple[str, ...] = ()
+    # The page (a PDF's page label, an EPUB/DOCX chapter title) the sentence starts on; None for plain text.
+    page: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Chunk:
     sentences: tuple[Sentence, ...] = ()
     # BM25 tokens: the Kiwi content morphemes of `embedding_text(chunk)`, kept so a rebuild reuses them.
     terms: tuple[str, ...] = ()
+    # The page the chunk starts on (see Sentence.page).
+    page: str | None = None
 
     def sentence_text(self, sentence: Sentence) -> str:
         """The text of one of this chunk's sentences (an exact slice of the document)."""
@@ -57,7 +61,8 @@ class Chunk:
     def from_record(cls, record: dict) -> Chunk:
         """A chunk from its JSON record (as written by `dataclasses.asdict`)."""
         sentences = tuple(
-            Sentence(item["start"], item["end"], item["kind"], tuple(item["terms"])) for item in record["sentences"]
+            Sentence(item["start"], item["end"], item["kind"], tuple(item["terms"]), item.get("page"))
+            for item in record["sentences"]
         )
         return cls(
             **{
@@ -137,14 +142,18 @@ def chunk_document(
     """All chunks of one document, in document order, with ids `<doc>#<n>`."""
     markdown = document.doc_id.lower().endswith(".md")
     chunks: list[Chunk] = []
-    for section in split_sections(document.text, analyzer, markdown=markdown):
+    sections = split_sections(
+        document.text, analyzer, markdown=markdown, headings=document.headings, guess_headings=document.guess_headings
+    )
+    for section in sections:
         for span in pack_section(document.text, section, count_tokens, budget, overlap):
             text = document.text[span.start : span.end]
             sentences = []
             for found in analyzer.split_sentences(text):
                 start, end = span.start + found.start, span.start + found.end
                 kind = _sentence_kind(section, Span(start, end))
-                sentences.append(Sentence(start, end, kind, tuple(analyzer.content_morphemes(text[found.start : found.end]))))
+                terms = tuple(analyzer.content_morphemes(text[found.start : found.end]))
+                sentences.append(Sentence(start, end, kind, terms, document.page_at(start)))
             chunk = Chunk(
                 chunk_id=f"{document.doc_id}#{len(chunks)}",
                 doc=document.doc_id,
@@ -154,6 +163,7 @@ def chunk_document(
                 end=span.end,
                 text=text,
                 sentences=tuple(sentences),
+                page=document.page_at(span.start),
             )
             chunks.append(replace(chunk, terms=tuple(analyzer.content_morphemes(embedding_text(chunk)))))
     return chunks

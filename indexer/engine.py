@@ -84,6 +84,7 @@ class SentenceMatch:
     kind: SentenceKind
     terms: tuple[str, ...]
     cosine: float
+    page: str | None = None
 
 
 class SearchEngine:
@@ -170,6 +171,7 @@ class SearchEngine:
                         sentence.kind,
                         sentence.terms,
                         float(cosine),
+                        sentence.page,
                     )
                 )
         return matches

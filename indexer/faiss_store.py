@@ -120,9 +120,11 @@ def chunk_record(chunk: Chunk) -> dict:
         "end": chunk.end,
         "text": chunk.text,
         "sentences": [
-            {"start": s.start, "end": s.end, "kind": s.kind, "terms": list(s.terms)} for s in chunk.sentences
+            {"start": s.start, "end": s.end, "kind": s.kind, "terms": list(s.terms), "page": s.page}
+            for s in chunk.sentences
         ],
         "terms": list(chunk.terms),
+        "page": chunk.page,
     }
 
 

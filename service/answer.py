@@ -37,6 +37,8 @@ class Citation:
     start: int
     end: int
     quote: str
+    # The page the quote is on: a PDF's page label, an EPUB/DOCX chapter title; None for plain text.
+    page: str | None = None
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ScoredSentence:
     def citation(self, number: int) -> Citation:
         """This sentence as the citation of marker `number`."""
         s = self.sentence
-        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text)
+        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text, page=s.page)
 
 
 def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]) -> list[ScoredSentence]:
@@ -106,7 +108,9 @@ def citation_for_marker(
     best = score_sentences(engine, question, [passage])
     if best:
         return best[0].citation(marker)
-    return Citation(marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text)
+    return Citation(
+        marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text, page=passage.page
+    )
 
 
 def stream_pieces(answer: str) -> list[str]:

@@ -43,7 +43,7 @@ def test_the_cli_gets_every_command() -> None:
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("index", "search", "ask", "serve", "eval", "bench"):
+    for command in ("index", "search", "ask", "serve", "eval", "bench", "feedback"):
         assert command in result.output
     # An entry point may bring a whole group of commands (a typer.Typer): `bench scale`, `bench stores`.
     group = CliRunner().invoke(app, ["bench", "--help"])
