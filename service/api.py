@@ -9,40 +9,56 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.corpus import CorpusError
+from indexer.embedding import EmbedderError
 from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
+from indexer.manifest import IndexLoadError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
 from service.answer import Citation, stream_pieces
-from service.qa import AskResult, QAService, Turn
+from service.guard import error_response, install_guards
+from service.qa import MAX_HISTORY_MESSAGE_CHARS, MAX_HISTORY_MESSAGES, AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 256 * 1024
-MAX_HISTORY_CHARS = 4000
+
+
+def _strict_int(value: Any) -> Any:
+    """JSON integers only: `"5"` and `true` are refused (pydantic's lax mode would take them); 5.0 is 5."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("정수여야 합니다")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("정수여야 합니다")
+        return int(value)
+    return value
 
 
 class HistoryMessage(BaseModel):
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=MAX_HISTORY_CHARS)
+    content: str = Field(max_length=MAX_HISTORY_MESSAGE_CHARS)
 
 
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=["마이데이터가 뭐야?"])
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    # The limit is the question's alone; earlier turns have their own (see `history`).
+    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S", examples=["마이데이터가 뭐야?"])
+    top_k: Annotated[int, BeforeValidator(_strict_int)] = Field(5, ge=1, le=MAX_TOP_K)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    history: list[HistoryMessage] = Field(default_factory=list, max_length=50)
+    history: list[HistoryMessage] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY_MESSAGES,
+        description=f"earlier turns, oldest first: at most {MAX_HISTORY_MESSAGES}, "
+        f"{MAX_HISTORY_MESSAGE_CHARS} characters each",
+    )
 
     @field_validator("question")
     @classmethod
@@ -78,89 +94,30 @@ def ask_response(result: AskResult) -> AskResponse:
     )
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over `limit` bytes with 413 before reading them into memory."""
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events (`text/event-stream`)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
+    media_type = "text/event-stream"
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": f"요청 본문이 너무 큽니다 (최대 {limit // 1024} KB)."}, status_code=413)
-
-
-_MESSAGES = {
-    "string_too_short": "비어 있을 수 없습니다",
-    "too_short": "비어 있을 수 없습니다",
-    "string_type": "문자열이어야 합니다",
-    "int_parsing": "정수여야 합니다",
-    "int_type": "정수여야 합니다",
-    "list_type": "목록이어야 합니다",
-    "model_attributes_type": "JSON 객체여야 합니다",
-    "dict_type": "JSON 객체여야 합니다",
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`event: delta` lines with `{\"text\"}` pieces of the answer, then `event: done` with the AskResponse",
+        # Before OpenAPI 3.2, the schema of an event stream describes each event.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["delta", "done"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                }
+            }
+        },
+    }
 }
-
-
-_BOUNDS = {
-    "greater_than_equal": "이상이어야 합니다",
-    "less_than_equal": "이하여야 합니다",
-    "greater_than": "보다 커야 합니다",
-    "less_than": "보다 작아야 합니다",
-}
-
-
-def _describe(errors: list[dict]) -> str:
-    """One Korean sentence per validation error, naming the field."""
-    parts = []
-    for error in errors:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query")) or "요청 본문"
-        kind = error.get("type", "")
-        context = error.get("ctx") or {}
-        if kind == "json_invalid":
-            parts.append("JSON 형식이 올바르지 않습니다")
-        elif kind == "missing":
-            parts.append(f"{where} 항목이 필요합니다")
-        elif kind in ("string_too_long", "too_long"):
-            limit = context.get("max_length", "")
-            parts.append(f"{where}: 너무 깁니다 (최대 {limit})")
-        elif kind in _BOUNDS:
-            parts.append(f"{where}: {next(iter(context.values()), '')} {_BOUNDS[kind]}")
-        elif kind == "literal_error":
-            parts.append(f"{where}: 허용되지 않는 값입니다 (가능: {context.get('expected', '')})")
-        elif kind == "value_error":
-            parts.append(f"{where}: {re.sub(r'^Value error, ', '', error.get('msg', ''))}")
-        else:
-            parts.append(f"{where}: {_MESSAGES.get(kind, error.get('msg', '올바르지 않은 값입니다'))}")
-    return "; ".join(parts) or "요청이 올바르지 않습니다"
 
 
 def loaded_service(app: FastAPI) -> QAService | None:
@@ -184,9 +141,12 @@ def create_api(
     def load_in_background() -> None:
         try:
             state["qa"] = load()
-        except Exception as error:  # shown by /readyz; the process stays up to say why
-            log.exception("loading failed")
+        except (IndexLoadError, EmbedderError, CorpusError) as error:  # shown by /readyz; the process stays up to say why
+            log.error("loading failed: %s", error)
             state["error"] = str(error)
+        except Exception as error:
+            log.exception("loading failed")
+            state["error"] = f"모델과 색인을 불러오지 못했습니다: {error}"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -200,7 +160,7 @@ def create_api(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware)
+    install_guards(app)
     app.state.bookqa = state
 
     def service() -> QAService:
@@ -209,17 +169,13 @@ def create_api(
             raise _NotReady(str(state["error"] or "모델과 색인을 불러오는 중입니다."))
         return current  # type: ignore[return-value]
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _describe(list(error.errors())), "detail": json.loads(json.dumps(error.errors(), default=str))}, status_code=422)
-
     @app.exception_handler(QueryError)
     async def _bad_query(_: Request, error: QueryError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
+        return error_response(422, str(error))
 
     @app.exception_handler(_NotReady)
     async def _not_ready(_: Request, error: _NotReady) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503)
+        return error_response(503, str(error))
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -231,8 +187,9 @@ def create_api(
         """200 once the model and index are loaded, 503 before (or if loading failed)."""
         if state["qa"] is not None:
             return JSONResponse({"status": "ready"})
-        status = "failed" if state["error"] else "loading"
-        return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
+        if state["error"]:
+            return JSONResponse({"status": "failed", "error": state["error"]}, status_code=503)
+        return JSONResponse({"status": "loading", "error": "모델과 색인을 불러오는 중입니다."}, status_code=503)
 
     @app.post("/v1/ask", response_model=AskResponse, tags=["qa"])
     async def ask(request: AskRequest) -> AskResponse:
@@ -242,7 +199,7 @@ def create_api(
         result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
         return ask_response(result)
 
-    @app.post("/v1/ask/stream", tags=["qa"])
+    @app.post("/v1/ask/stream", tags=["qa"], response_class=EventStreamResponse, responses=_STREAM_RESPONSES)
     async def ask_stream(request: AskRequest) -> StreamingResponse:
         """The same answer as server-sent events: `delta` events with text, then `done` with everything."""
         qa_service = service()
@@ -255,11 +212,11 @@ def create_api(
                 yield _sse("delta", {"text": piece})
             yield _sse("done", response.model_dump())
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return EventStreamResponse(events(), headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/search", response_model=SearchResponse, tags=["qa"])
     async def search(
-        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="질문")],
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S", description="질문")],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Query()] = "hybrid",
     ) -> SearchResponse:
