@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
     llm_api_key: str = Field("not-needed", description="API key for the LLM endpoint (local servers ignore it).")
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
+    build_lock_timeout: float = Field(
+        600.0, ge=0, le=86400, description="Seconds a build waits for another build of the same index (0: none)."
+    )
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
 

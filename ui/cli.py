@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from indexer.commands import EXIT_UNUSABLE, console, fail, index, search, settings_callback
 from indexer.corpus import CorpusError
@@ -46,7 +47,8 @@ def serve(
     except (IndexLoadError, EmbedderError, CorpusError) as error:
         raise fail(error, EXIT_UNUSABLE) from error
     if result.status == "built":
-        console.print(f"색인을 만들었습니다: {result.path}")
+        # Say why: a rebuild at start-up may mean the index was damaged or the book changed.
+        console.print(f"색인을 만들었습니다: {result.path} — 이유: {escape(result.reason)}", soft_wrap=True)
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
