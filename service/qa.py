@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from indexer.engine import MAX_QUERY_CHARS, QueryError, SearchEngine, SearchRequest
 from indexer.retrieval import Passage
 from indexer.settings import SearchMode, Settings
-from service.answer import ABSTAIN_MESSAGE, Answer, Citation, citation_for_marker, extractive_answer
+from service.answer import ABSTAIN_MESSAGE, Answer, Citation, extractive_answer
+from service.grounding import check_generated_answer
 from service.llm import NOT_FOUND_REPLY, LLMAnswerer, LLMError, clean_markers
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ class QAService:
         """Load model and index once (and the LLM client when configured)."""
         llm = None
         if settings.llm_base_url:
-            llm = LLMAnswerer(settings.llm_base_url, settings.llm_model, settings.llm_api_key, settings.llm_timeout)
+            llm = LLMAnswerer(
+                settings.llm_base_url, settings.llm_model, settings.llm_api_key.get_secret_value(), settings.llm_timeout
+            )
         return cls(SearchEngine.load(settings), llm)
 
     def ask(self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None) -> AskResult:
@@ -121,18 +124,24 @@ class QAService:
         turns = [{"role": turn.role, "content": turn.content} for turn in history]
         try:
             raw = self.llm.generate(question, passages, turns)
-        except LLMError as error:
+        except LLMError as error:  # its message is already free of the key
             log.warning("LLM failed, using the extractive answer: %s", error)
             fallback.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
             return fallback
         if NOT_FOUND_REPLY in raw:
             return AskResult(ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence)
-        text, used = clean_markers(raw, len(passages))
-        if not used:
-            fallback.notes.append("생성형 답변에 근거 표시가 없어 발췌 답변을 보여줍니다.")
+        # Served only if every claim is supported by the passage it cites (an instruction hidden in a
+        # passage can make a model cite anything).
+        grounding = check_generated_answer(self.engine, raw, passages)
+        if not grounding.supported:
+            log.info("generated answer not supported by its citations: %s", "; ".join(grounding.failures))
+            fallback.notes.append(
+                "생성형 답변의 인용이 내용을 뒷받침하지 않아 발췌 답변을 보여줍니다: "
+                + self.llm.mask("; ".join(grounding.failures[:3]))
+            )
             return fallback
-        citations = [citation_for_marker(self.engine, passages[number - 1], number, query) for number in used]
-        return AskResult(text, False, citations, passages, {}, "generative", confidence=fallback.confidence)
+        text, _ = clean_markers(raw, len(passages))
+        return AskResult(text, False, grounding.citations, passages, {}, "generative", confidence=fallback.confidence)
 
 
 def usable_history(history: list[Turn]) -> list[Turn]:
