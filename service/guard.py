@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
@@ -390,19 +389,11 @@ def install_guards(app: FastAPI, limit: int = MAX_BODY_BYTES) -> None:
     # Added last, so it is the outermost: even a 413 or a crash carries the headers.
     app.add_middleware(SecurityHeadersMiddleware, docs_paths=(app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url))
 
+    generate = app.openapi  # FastAPI's own, which caches its result in app.openapi_schema
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                openapi_version=app.openapi_version,
-                summary=app.summary,
-                description=app.description,
-                routes=app.routes,
-                tags=app.openapi_tags,
-                servers=app.servers,
-            )
-            app.openapi_schema = _declare_errors(schema)
-        return app.openapi_schema
+            _declare_errors(generate())
+        return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
