@@ -44,8 +44,13 @@ def backup_dir(index_dir: Path) -> Path:
 @contextmanager
 def build_lock(index_dir: Path, timeout: float) -> Iterator[None]:
     """Hold the build lock of `index_dir`, waiting up to `timeout` seconds for another builder (0: no wait)."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise IndexLoadError(f"색인 경로가 폴더가 아닙니다: {index_dir}. BOOKQA_INDEX_DIR을 폴더로 지정하세요.")
     path = lock_path(index_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise IndexLoadError(f"색인 폴더를 만들 수 없습니다: {index_dir} ({error.strerror}).") from error
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)

@@ -247,3 +247,18 @@ def test_leftovers_of_an_interrupted_swap_are_cleaned_at_the_next_start(
     assert SearchEngine(private_settings, embedder, analyzer).search("클라우드", top_k=1)
     assert not backup.exists() and not staging_dir(index_dir).exists()
     assert lock_path(index_dir).exists() and not (index_dir / lock_path(index_dir).name).exists()
+
+
+def test_an_index_path_that_is_a_file_is_refused_not_replaced(
+    tiny_settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer, tmp_path: Path
+) -> None:
+    from indexer.manifest import IndexLoadError
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's own file", encoding="utf-8")
+    settings = tiny_settings.model_copy(update={"index_dir": a_file})
+    with pytest.raises(IndexLoadError, match="폴더가 아닙니다"):
+        build_index(settings, embedder, analyzer)
+    with pytest.raises(IndexLoadError):
+        load_index(settings, embedder)
+    assert a_file.read_text(encoding="utf-8") == "the user's own file"
