@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,19 +31,19 @@ def live_server(engine: SearchEngine) -> Iterator[LoopbackServer]:
         yield server
 
 
-def run_schemathesis(url: str, examples: int, seed: int, timeout: float = 600) -> tuple[int, str]:
-    """`schemathesis run` against `url`'s schema with every check; its exit code and output."""
+def run_schemathesis(url: str, examples: int, seed: int, workdir: Path, timeout: float = 600) -> tuple[int, str]:
+    """`schemathesis run` against `url`'s schema with every check, in `workdir` (its cache lands there)."""
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
         "--checks", "all", "--max-examples", str(examples), "--seed", str(seed),
         "--generation-database", "none", "--request-timeout", "60", "--no-color", "--workers", "1",
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=workdir)
     return result.returncode, result.stdout + result.stderr
 
 
-def test_schemathesis_finds_no_server_error_and_no_nonconformance(live_server: LoopbackServer) -> None:
-    code, output = run_schemathesis(live_server.url, FUZZ_EXAMPLES, seed=13)
+def test_schemathesis_finds_no_server_error_and_no_nonconformance(live_server: LoopbackServer, tmp_path: Path) -> None:
+    code, output = run_schemathesis(live_server.url, FUZZ_EXAMPLES, seed=13, workdir=tmp_path)
     summary = re.search(r"(\d+) generated, (\d+) passed", output)
     assert code == 0 and summary, output[-6000:]
     generated = int(summary.group(1))
