@@ -14,6 +14,7 @@ from pathlib import Path
 
 import bm25s
 
+from indexer.buildlock import build_lock, clean_leftovers
 from indexer.chunking import chunk_document, embedding_text
 from indexer.corpus import load_corpus
 from indexer.embedding import Embedder
@@ -34,7 +35,6 @@ from indexer.store import (
     IndexContent,
     backup_dir,
     read_index_files,
-    recover_interrupted_swap,
     staging_dir,
     write_index_files,
 )
@@ -57,11 +57,22 @@ def build_index(
     force: bool = False,
     show_progress: bool = False,
 ) -> BuildResult:
-    """Build the index unless an identical one exists; write aside, then swap it in."""
+    """Build the index unless an identical one exists; write aside, then swap it in.
+
+    Holds the index folder's build lock throughout, so a second builder waits (up to
+    `settings.build_lock_timeout` seconds) and then finds the index up to date.
+    """
+    with build_lock(settings.index_dir, settings.build_lock_timeout):
+        clean_leftovers(settings.index_dir)
+        return _build_locked(settings, embedder, analyzer, force, show_progress)
+
+
+def _build_locked(
+    settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer, force: bool, show_progress: bool
+) -> BuildResult:
     started = time.perf_counter()
     documents = load_corpus(settings.corpus_dir)
     index_dir = settings.index_dir
-    recover_interrupted_swap(index_dir)
     if not force and index_dir.exists():
         try:
             existing = read_manifest(index_dir)
@@ -111,16 +122,16 @@ def build_index(
         n_chunks=len(chunks),
         build_seconds=round(time.perf_counter() - started, 3),
     )
-    _write_and_swap(index_dir, IndexContent(manifest, chunks, chunk_vectors, sentence_vectors, bm25))
+    manifest = _write_and_swap(index_dir, IndexContent(manifest, chunks, chunk_vectors, sentence_vectors, bm25))
     return BuildResult("built", reason, manifest, index_dir)
 
 
-def _write_and_swap(index_dir: Path, content: IndexContent) -> None:
+def _write_and_swap(index_dir: Path, content: IndexContent) -> Manifest:
     staging = staging_dir(index_dir)
     if staging.exists():
         shutil.rmtree(staging)  # the leftovers of an earlier interrupted build
     staging.mkdir(parents=True)
-    write_index_files(staging, content)
+    manifest = write_index_files(staging, content)
     backup = backup_dir(index_dir)
     if backup.exists():
         shutil.rmtree(backup)
@@ -129,3 +140,4 @@ def _write_and_swap(index_dir: Path, content: IndexContent) -> None:
     staging.rename(index_dir)
     if backup.exists():
         shutil.rmtree(backup)
+    return manifest

@@ -73,6 +73,8 @@ class Manifest(BaseModel):
     libraries: dict[str, str]
     n_chunks: int
     build_seconds: float
+    # SHA-256 of every file of the index folder (the manifest excepted), verified on every load.
+    files: dict[str, str] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -139,6 +141,8 @@ def manifest_differences(
     if manifest.libraries.get("kiwipiepy") != library_versions()["kiwipiepy"]:
         # BM25 tokens come from Kiwi: another version may split words differently.
         reasons.append(f"kiwipiepy 버전이 다릅니다 ({manifest.libraries.get('kiwipiepy')} → {library_versions()['kiwipiepy']})")
+    if not manifest.files:
+        reasons.append("색인에 파일 체크섬이 없습니다 (이전 버전이 만든 색인)")
     if include_libraries:
         current_libraries = library_versions()
         for name, built_with in manifest.libraries.items():
@@ -156,5 +160,7 @@ def read_manifest(index_dir: Path) -> Manifest:
         return Manifest.model_validate_json(path.read_bytes())
     except FileNotFoundError as error:
         raise IndexCorruptError(f"색인 매니페스트가 없습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
+    except OSError as error:  # e.g. the index path is a file, or unreadable
+        raise IndexCorruptError(f"색인 매니페스트를 읽을 수 없습니다: {path} ({error.strerror}).") from error
     except (ValidationError, ValueError) as error:
         raise IndexCorruptError(f"색인 매니페스트가 손상되었습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error

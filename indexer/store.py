@@ -16,9 +16,11 @@ import bm25s
 import faiss
 import numpy as np
 
+from indexer.buildlock import backup_dir, recover_before_loading, staging_dir  # noqa: F401 (re-exported)
 from indexer.chunking import Chunk
 from indexer.corpus import Document, load_corpus
 from indexer.embedding import Embedder
+from indexer.integrity import file_digests, verify_digests
 from indexer.manifest import (
     MANIFEST,
     IndexCorruptError,
@@ -129,19 +131,25 @@ def _search(index: faiss.Index, vector: np.ndarray, k: int) -> list[tuple[int, f
     return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
 
-def write_index_files(folder: Path, content: IndexContent) -> None:
-    """Write an index into an empty folder; the manifest goes last, so a folder with one is complete."""
+def write_index_files(folder: Path, content: IndexContent) -> Manifest:
+    """Write an index into an empty folder; the manifest goes last, so a folder with one is complete.
+
+    Returns the manifest as written: the given one plus the SHA-256 of every file.
+    """
     with (folder / CHUNKS).open("w", encoding="utf-8") as out:
         for chunk in content.chunks:
             out.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
     faiss.write_index(_flat_index(content.chunk_vectors), str(folder / DENSE))
     faiss.write_index(_flat_index(content.sentence_vectors), str(folder / SENTENCES))
     content.bm25.save(str(folder / BM25_DIR), show_progress=False)
-    (folder / MANIFEST).write_text(content.manifest.model_dump_json(indent=2), encoding="utf-8")
+    manifest = content.manifest.model_copy(update={"files": file_digests(folder)})
+    (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    return manifest
 
 
 def read_index_files(index_dir: Path, manifest: Manifest, documents: list[Document]) -> IndexStore:
-    """Read the index files and check them against the manifest and the documents' text."""
+    """Read the index files and check them against the manifest's checksums and the documents' text."""
+    verify_digests(index_dir, manifest.files)
     texts = {document.doc_id: document.text for document in documents}
     try:
         with (index_dir / CHUNKS).open(encoding="utf-8") as lines:
@@ -184,31 +192,21 @@ def _vectors_of(index: faiss.Index) -> np.ndarray:
     return np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32).reshape(index.ntotal, index.d)
 
 
-def staging_dir(index_dir: Path) -> Path:
-    """Where a build writes before swapping the new index in."""
-    return index_dir.with_name(f".{index_dir.name}.building")
-
-
-def backup_dir(index_dir: Path) -> Path:
-    """Where the previous index waits during a swap."""
-    return index_dir.with_name(f".{index_dir.name}.previous")
-
-
-def recover_interrupted_swap(index_dir: Path) -> None:
-    """If a crash fell between the two renames of a swap, put the previous index back."""
-    backup = backup_dir(index_dir)
-    if backup.exists() and not index_dir.exists():
-        backup.rename(index_dir)
-
-
 def load_index(settings: Settings, embedder: Embedder) -> IndexStore:
     """Load the index for these settings, refusing one built from another model, corpus or chunking."""
-    recover_interrupted_swap(settings.index_dir)
-    manifest = read_manifest(settings.index_dir)
+    recover_before_loading(settings.index_dir)
     documents = load_corpus(settings.corpus_dir)
-    reasons = manifest_differences(manifest, settings, documents, embedder, include_libraries=False)
-    if reasons:
-        raise IndexMismatchError(
-            "색인이 현재 설정과 맞지 않습니다: " + "; ".join(reasons) + ". `bookqa index`로 다시 만드세요."
-        )
-    return read_index_files(settings.index_dir, manifest, documents)
+    for attempt in range(2):
+        manifest = read_manifest(settings.index_dir)
+        reasons = manifest_differences(manifest, settings, documents, embedder, include_libraries=False)
+        if reasons:
+            raise IndexMismatchError(
+                "색인이 현재 설정과 맞지 않습니다: " + "; ".join(reasons) + ". `bookqa index`로 다시 만드세요."
+            )
+        try:
+            return read_index_files(settings.index_dir, manifest, documents)
+        except IndexCorruptError:
+            # A build that swapped a new index in while we read explains a mismatch: read that one.
+            if attempt or read_manifest(settings.index_dir) == manifest:
+                raise
+    raise AssertionError("unreachable")
