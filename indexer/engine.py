@@ -6,6 +6,7 @@ retrieval path and evaluation measures what users get.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +26,7 @@ MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
 # Retrieval and answering use the same question's vector and morphemes; follow-ups repeat questions.
 QUERY_CACHE_SIZE = 64
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class QueryError(ValueError):
@@ -46,6 +48,11 @@ class SearchRequest:
             raise QueryError("질문이 비어 있습니다.")
         if len(self.query) > MAX_QUERY_CHARS:
             raise QueryError(f"질문이 너무 깁니다: {len(self.query)}자 (최대 {MAX_QUERY_CHARS}자).")
+        if _LONE_SURROGATE.search(self.query):
+            # e.g. undecodable bytes on a command line; the tokenizers cannot take them.
+            raise QueryError("질문에 올바르지 않은 문자(짝이 없는 서로게이트)가 있습니다.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise QueryError(f"top_k는 정수여야 합니다: {self.top_k!r}")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise QueryError(f"top_k는 1에서 {MAX_TOP_K} 사이여야 합니다: {self.top_k}")
         if self.mode not in SEARCH_MODES:

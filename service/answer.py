@@ -97,22 +97,6 @@ def extractive_answer(
     return Answer(answer, False, citations, passages, confidence)
 
 
-def citation_for_marker(
-    engine: SearchEngine, passage: Passage, marker: int, question: str
-) -> Citation:
-    """A citation quoting the sentence of `passage` that best matches `question`.
-
-    Used for generated answers, whose markers point at whole passages: the quote is narrowed to
-    one sentence so a reader lands on the exact line.
-    """
-    best = score_sentences(engine, question, [passage])
-    if best:
-        return best[0].citation(marker)
-    return Citation(
-        marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text, page=passage.page
-    )
-
-
 def stream_pieces(answer: str) -> list[str]:
     """The answer cut into words with their trailing space, the units streamed to the API and the chat."""
     return re.findall(r"\S+\s*", answer) or [answer]

@@ -10,16 +10,23 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from indexer.engine import QueryError, SearchEngine, SearchRequest
+from indexer.engine import MAX_QUERY_CHARS, QueryError, SearchEngine, SearchRequest
 from indexer.retrieval import Passage
 from indexer.settings import SearchMode, Settings
-from service.answer import ABSTAIN_MESSAGE, Answer, Citation, citation_for_marker, extractive_answer
+from service.answer import ABSTAIN_MESSAGE, Answer, Citation, extractive_answer
+from service.grounding import check_generated_answer
 from service.llm import NOT_FOUND_REPLY, LLMAnswerer, LLMError, clean_markers
 
 log = logging.getLogger(__name__)
 # How many earlier user turns join the question for retrieval ("그건 언제부터?" needs its topic).
 HISTORY_TURNS_FOR_RETRIEVAL = 2
+# Earlier messages a conversation keeps for answering; older ones are dropped, not refused.
 MAX_HISTORY_TURNS = 20
+# What the API accepts as `history`: the question's own limit (MAX_QUERY_CHARS) does not apply to it.
+MAX_HISTORY_MESSAGES = 50
+MAX_HISTORY_MESSAGE_CHARS = 4000
+# An earlier turn shorter than this after trimming adds noise, not a topic.
+MIN_HISTORY_CONTEXT_CHARS = 8
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,24 @@ class AskResult:
     llm_fallback: bool = False
 
 
-def retrieval_query(question: str, history: list[Turn]) -> str:
-    """The question preceded by the last user turns, so a follow-up keeps its subject."""
+def retrieval_query(question: str, history: list[Turn], limit: int = MAX_QUERY_CHARS) -> str:
+    """The question preceded by the last user turns, so a follow-up keeps its subject.
+
+    The question is kept whole; earlier turns fill what is left of `limit`, newest first, the
+    oldest one kept cut to its end: a long conversation is trimmed, never refused.
+    """
+    question = question.strip()
     earlier = [turn.content.strip() for turn in history if turn.role == "user" and turn.content.strip()]
-    return "\n".join([*earlier[-HISTORY_TURNS_FOR_RETRIEVAL:], question.strip()])
+    kept: list[str] = []
+    room = limit - len(question)
+    for content in reversed(earlier[-HISTORY_TURNS_FOR_RETRIEVAL:]):
+        room -= 1  # the line break before the next part
+        if room < MIN_HISTORY_CONTEXT_CHARS:
+            break
+        piece = content if len(content) <= room else content[-room:].lstrip()
+        kept.insert(0, piece)
+        room -= len(piece)
+    return "\n".join([*kept, question])
 
 
 class QAService:
@@ -64,7 +85,9 @@ class QAService:
         """Load model and index once (and the LLM client when configured)."""
         llm = None
         if settings.llm_base_url:
-            llm = LLMAnswerer(settings.llm_base_url, settings.llm_model, settings.llm_api_key, settings.llm_timeout)
+            llm = LLMAnswerer(
+                settings.llm_base_url, settings.llm_model, settings.llm_api_key.get_secret_value(), settings.llm_timeout
+            )
         return cls(SearchEngine.load(settings), llm)
 
     def ask(
@@ -76,13 +99,12 @@ class QAService:
         docs: Collection[str] | None = None,
     ) -> AskResult:
         """Answer `question` from the library (or only `docs`); raises QueryError for unusable input."""
-        history = list(history or [])
-        if len(history) > MAX_HISTORY_TURNS:
-            history = history[-MAX_HISTORY_TURNS:]
+        # validates the question alone
         request = SearchRequest(query=question, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
+        history = usable_history(history or [])
         query = retrieval_query(request.query, history)
         started = time.perf_counter()
-        passages = self.engine.search(query[-4000:], top_k=request.top_k, mode=request.mode, docs=request.docs)
+        passages = self.engine.search(query, top_k=request.top_k, mode=request.mode, docs=request.docs)
         retrieved = time.perf_counter()
         extractive = extractive_answer(self.engine, query, passages)
         result = self._from_answer(extractive)
@@ -113,20 +135,41 @@ class QAService:
         turns = [{"role": turn.role, "content": turn.content} for turn in history]
         try:
             raw = self.llm.generate(question, passages, turns)
-        except LLMError as error:
+        except LLMError as error:  # its message is already free of the key
             log.warning("LLM failed, using the extractive answer: %s", error)
             fallback.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
             fallback.llm_fallback = True
             return fallback
         if NOT_FOUND_REPLY in raw:
             return AskResult(ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence)
-        text, used = clean_markers(raw, len(passages))
-        if not used:
-            fallback.notes.append("생성형 답변에 근거 표시가 없어 발췌 답변을 보여줍니다.")
+        # Served only if every claim is supported by the passage it cites (an instruction hidden in a
+        # passage can make a model cite anything).
+        grounding = check_generated_answer(self.engine, raw, passages)
+        if not grounding.supported:
+            log.info("generated answer not supported by its citations: %s", "; ".join(grounding.failures))
+            fallback.notes.append(
+                "생성형 답변의 인용이 내용을 뒷받침하지 않아 발췌 답변을 보여줍니다: "
+                + self.llm.mask("; ".join(grounding.failures[:3]))
+            )
             fallback.llm_fallback = True
             return fallback
-        citations = [citation_for_marker(self.engine, passages[number - 1], number, query) for number in used]
-        return AskResult(text, False, citations, passages, {}, "generative", confidence=fallback.confidence)
+        text, _ = clean_markers(raw, len(passages))
+        return AskResult(text, False, grounding.citations, passages, {}, "generative", confidence=fallback.confidence)
+
+
+def usable_history(history: list[Turn]) -> list[Turn]:
+    """The last MAX_HISTORY_TURNS messages, each cut to MAX_HISTORY_MESSAGE_CHARS and made encodable.
+
+    The API refuses longer histories with a clear message; the chat and the CLI pass their own,
+    which are trimmed here rather than refused.
+    """
+    return [
+        Turn(turn.role, _encodable(turn.content[-MAX_HISTORY_MESSAGE_CHARS:])) for turn in history[-MAX_HISTORY_TURNS:]
+    ]
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def validate_history(raw: list[dict[str, str]]) -> list[Turn]:

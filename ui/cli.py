@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from indexer.commands import EXIT_UNUSABLE, console, fail, index, report_skipped, search, settings_callback
 from indexer.corpus import CorpusError
@@ -49,7 +50,8 @@ def serve(
         raise fail(error, EXIT_UNUSABLE) from error
     report_skipped(settings)
     if result.status == "built":
-        console.print(f"색인을 만들었습니다: {result.path}")
+        # Say why: a rebuild at start-up may mean the index was damaged or the book changed.
+        console.print(f"색인을 만들었습니다: {result.path} — 이유: {escape(result.reason)}", soft_wrap=True)
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
     configure_logging(settings.log_level)
     # One JSON line per request comes from bookqa's own middleware (with its request id), not uvicorn's access log.
