@@ -21,11 +21,15 @@ def evaluate_gold(
     out: Annotated[Path, typer.Option("--out", help="결과 폴더 (run.jsonl, metrics.json, report.md, report.png)")],
     modes: Annotated[str, typer.Option("--modes", help="쉼표로 구분한 검색 방식")] = "hybrid,dense,bm25",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="검색 지표에 쓸 구절 수 (10 이상)")] = 10,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="비교할 이전 metrics.json (기본: 결과 폴더의 baseline.json이 있으면 그것)"),
+    ] = None,
 ) -> None:
     """Evaluate retrieval and answers on a gold question file, for every mode; writes a report and a chart."""
-    from eval.evaluate import evaluate
+    from eval.evaluate import BASELINE_FILE, evaluate
     from eval.gold import GoldFileError, load_gold
-    from eval.report import RETRIEVAL_COLUMNS
+    from eval.report import RETRIEVAL_COLUMNS, read_baseline
     from indexer.engine import MAX_TOP_K
     from indexer.settings import SEARCH_MODES
     from service.qa import QAService
@@ -43,9 +47,16 @@ def evaluate_gold(
         questions = load_gold(gold)
     except GoldFileError as error:
         raise fail(error, EXIT_BAD_INPUT) from error
+    if baseline is None and (out / BASELINE_FILE).is_file():
+        baseline = out / BASELINE_FILE
+    if baseline is not None:
+        try:
+            read_baseline(baseline)
+        except ValueError as error:
+            raise fail(error, EXIT_BAD_INPUT) from error
     qa = load_or_exit(QAService.load, ctx.obj)
     try:
-        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k)
+        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k, baseline=baseline)
     except OSError as error:
         raise fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
     for m in result.metrics:
