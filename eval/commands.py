@@ -7,7 +7,7 @@ root needs no import of this package.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -68,3 +68,40 @@ def evaluate_gold(
             figures += f"  containment {m.answer_containment:.3f}  p50 {m.latency_p50_ms:.0f} ms"
         console.print(f"[bold]{escape(m.mode)}[/bold]  {figures}", soft_wrap=True)
     console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")
+
+
+def fit_abstention(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일 (JSONL); dev 부분으로만 학습합니다")] = Path(
+        "eval/gold/qa.jsonl"
+    ),
+    out: Annotated[Optional[Path], typer.Option("--out", help="모델 파일 (기본: service/abstention_model.json)")] = None,
+    ablation: Annotated[
+        Optional[Path], typer.Option("--ablation", help="신호 그룹별 제거 실험 결과(test 부분)를 쓸 Markdown 파일")
+    ] = None,
+) -> None:
+    """Refit the abstention model on the gold set's dev part (and optionally write the signal ablation)."""
+    from eval.fit_abstention import ablation as run_ablation
+    from eval.fit_abstention import ablation_markdown, fit_on_gold, write_model
+    from eval.gold import GoldFileError, load_gold
+    from service.abstention import MODEL_PATH
+    from service.qa import QAService
+
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    qa = load_or_exit(QAService.load, ctx.obj)
+    model = fit_on_gold(qa, questions, gold)
+    target = out or MODEL_PATH
+    try:
+        write_model(target, model)
+        if ablation is not None:
+            ablation.write_text(ablation_markdown(run_ablation(qa, questions)), encoding="utf-8")
+    except OSError as error:
+        raise fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
+    console.print(
+        f"답변 판단 모델: dev 질문 {model.fitted_on['questions']}개로 학습, 문턱값 {model.threshold:.2f} → {target}"
+    )
+    if ablation is not None:
+        console.print(f"신호 제거 실험: {ablation}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from indexer.build import BuildResult, build_index
 from indexer.chunking import Chunk, SentenceKind
+from indexer.facts import FactSpan, Token
 from indexer.embedding import Embedder
 from indexer.korean import KoreanAnalyzer, get_analyzer
 from indexer.manifest import Manifest
@@ -80,6 +81,8 @@ class SentenceMatch:
     kind: SentenceKind
     terms: tuple[str, ...]
     cosine: float
+    # Dates, numbers with units, places and names in the sentence (document offsets), found at index time.
+    facts: tuple[FactSpan, ...] = ()
 
 
 class SearchEngine:
@@ -96,6 +99,7 @@ class SearchEngine:
         self._store = load_index(settings, embedder)
         self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
         self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
+        self.query_tokens = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_tokens)
         self._retriever = Retriever(
             self._store,
             self.embed_query,
@@ -119,10 +123,15 @@ class SearchEngine:
         """The Kiwi content morphemes of a question, for BM25 and lexical overlap."""
         return tuple(self.analyzer.content_morphemes(text))
 
+    def _query_tokens(self, text: str) -> tuple[Token, ...]:
+        """Kiwi's tokens of a question with POS tags and offsets, for working out what it asks for."""
+        return tuple(self.analyzer.tokens(text))
+
     def clear_caches(self) -> None:
         """Forget cached query vectors and morphemes (so a timed question pays for them, like a new one)."""
         self.embed_query.cache_clear()
         self.query_terms.cache_clear()
+        self.query_tokens.cache_clear()
 
     def search(self, query: str, top_k: int = 5, mode: SearchMode = "hybrid") -> list[Passage]:
         """The best passages for a query, validated first (QueryError on bad input)."""
@@ -152,6 +161,7 @@ class SearchEngine:
                         sentence.kind,
                         sentence.terms,
                         float(cosine),
+                        sentence.facts,
                     )
                 )
         return matches

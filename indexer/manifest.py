@@ -17,8 +17,9 @@ from indexer.embedding import Embedder
 from indexer.korean import ANALYZER_VERSION
 from indexer.settings import Settings
 
-# Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl).
-FORMAT_VERSION = 3
+# Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl;
+# 4: each sentence's fact spans, its dates, numbers, places and names).
+FORMAT_VERSION = 4
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
 CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"

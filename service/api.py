@@ -60,6 +60,11 @@ class AskResponse(BaseModel):
     timings_ms: dict[str, float]
     answer_mode: Literal["extractive", "generative"] = "extractive"
     notes: list[str] = Field(default_factory=list, description="e.g. why a generative answer fell back")
+    answer_type: str | None = Field(
+        None,
+        description="what the question asks for: date, percent, money, quantity, number, ordinal, place, person, "
+        "organization, name, definition, reason, manner or other",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -75,6 +80,7 @@ def ask_response(result: AskResult) -> AskResponse:
         timings_ms=result.timings_ms,
         answer_mode=result.answer_mode,
         notes=result.notes,
+        answer_type=result.answer_type,
     )
 
 

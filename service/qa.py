@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from indexer.engine import QueryError, SearchEngine, SearchRequest
 from indexer.retrieval import Passage
 from indexer.settings import SearchMode, Settings
-from service.answer import ABSTAIN_MESSAGE, Answer, Citation, citation_for_marker, extractive_answer
+from service.answer import ABSTAIN_MESSAGE, Answer, Citation, ExtractiveAnswerer, citation_for_marker
+from service.evidence import Evidence
 from service.llm import NOT_FOUND_REPLY, LLMAnswerer, LLMError, clean_markers
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class AskResult:
     answer_mode: str = "extractive"
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.0
+    # What the question asks for (date, percent, place, name, definition, reason…), see service.question.
+    answer_type: str | None = None
 
 
 def retrieval_query(question: str, history: list[Turn]) -> str:
@@ -52,9 +55,13 @@ def retrieval_query(question: str, history: list[Turn]) -> str:
 class QAService:
     """Owns the search engine and the optional LLM; answers questions."""
 
-    def __init__(self, engine: SearchEngine, llm: LLMAnswerer | None = None) -> None:
+    def __init__(
+        self, engine: SearchEngine, llm: LLMAnswerer | None = None, answerer: ExtractiveAnswerer | None = None
+    ) -> None:
         self.engine = engine
         self.llm = llm
+        # The one answer-or-decline decision of every caller (API, chat, CLI, evaluation).
+        self.answerer = answerer or ExtractiveAnswerer(engine)
 
     @classmethod
     def load(cls, settings: Settings) -> QAService:
@@ -64,17 +71,30 @@ class QAService:
             llm = LLMAnswerer(settings.llm_base_url, settings.llm_model, settings.llm_api_key, settings.llm_timeout)
         return cls(SearchEngine.load(settings), llm)
 
-    def ask(self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None) -> AskResult:
-        """Answer `question` from the book; raises QueryError for unusable input."""
+    def _retrieve(
+        self, question: str, top_k: int, mode: SearchMode, history: list[Turn] | None
+    ) -> tuple[SearchRequest, list[Turn], str, list[Passage]]:
         history = list(history or [])
         if len(history) > MAX_HISTORY_TURNS:
             history = history[-MAX_HISTORY_TURNS:]
         request = SearchRequest(query=question, top_k=top_k, mode=mode)  # validates
         query = retrieval_query(request.query, history)
-        started = time.perf_counter()
         passages = self.engine.search(query[-4000:], top_k=request.top_k, mode=request.mode)
+        return request, history, query, passages
+
+    def evidence(
+        self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None
+    ) -> Evidence:
+        """What `ask` decides on for this question: its candidates, quote and signals (for fitting the model)."""
+        request, _, query, passages = self._retrieve(question, top_k, mode, history)
+        return self.answerer.evidence(request.query, query, passages)
+
+    def ask(self, question: str, top_k: int = 5, mode: SearchMode = "hybrid", history: list[Turn] | None = None) -> AskResult:
+        """Answer `question` from the book; raises QueryError for unusable input."""
+        started = time.perf_counter()
+        request, history, query, passages = self._retrieve(question, top_k, mode, history)
         retrieved = time.perf_counter()
-        extractive = extractive_answer(self.engine, query, passages)
+        extractive = self.answerer.answer(request.query, query, passages)
         result = self._from_answer(extractive)
         if self.llm is not None and not extractive.abstained:
             result = self._generate(request.query, query, passages, history, result)
@@ -94,6 +114,7 @@ class QAService:
             passages=answer.passages,
             timings_ms={},
             confidence=round(answer.confidence, 4),
+            answer_type=answer.answer_type,
         )
 
     def _generate(
@@ -108,13 +129,19 @@ class QAService:
             fallback.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
             return fallback
         if NOT_FOUND_REPLY in raw:
-            return AskResult(ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence)
+            return AskResult(
+                ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence,
+                answer_type=fallback.answer_type,
+            )
         text, used = clean_markers(raw, len(passages))
         if not used:
             fallback.notes.append("생성형 답변에 근거 표시가 없어 발췌 답변을 보여줍니다.")
             return fallback
         citations = [citation_for_marker(self.engine, passages[number - 1], number, query) for number in used]
-        return AskResult(text, False, citations, passages, {}, "generative", confidence=fallback.confidence)
+        return AskResult(
+            text, False, citations, passages, {}, "generative", confidence=fallback.confidence,
+            answer_type=fallback.answer_type,
+        )
 
 
 def validate_history(raw: list[dict[str, str]]) -> list[Turn]:
