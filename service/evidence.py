@@ -45,6 +45,7 @@ FEATURES = (
     "book_term_coverage",
     "subject_missing",
     "book_coverage",
+    "noun_book_coverage",
     "passage_coverage",
     "heading",
     "english",
@@ -57,7 +58,7 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "sentence score and margin": ("score", "cosine", "margin", "spread"),
     "answer type": ("typed", "type_missing", "name_missing", "english_type_missing"),
     "key-content coverage (sentence + heading)": ("coverage", "book_term_coverage", "subject_missing"),
-    "lexical evidence (book, passages)": ("book_coverage", "passage_coverage"),
+    "lexical evidence (book, passages)": ("book_coverage", "noun_book_coverage", "passage_coverage"),
     "heading line": ("heading",),
     "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
 }
@@ -217,6 +218,7 @@ def gather_evidence(
     # The question's words the book uses somewhere: a quote missing one of these (한국 when the quote is
     # about 덴마크) is about a neighbouring subject; words the book never uses are the reader's own wording.
     book_terms = [t for t in key_terms if vocabulary.in_book(t)]
+    nouns = [noun.lower() for noun in frame.nouns]
     subject = max(book_terms, key=vocabulary.idf) if book_terms else None
     second = candidates[1].score if len(candidates) > 1 else 0.0
     english = 1.0 if frame.lang == "en" else 0.0
@@ -238,6 +240,11 @@ def gather_evidence(
         else 0.0,
         "subject_missing": 1.0 if subject is not None and subject not in evidence_terms else 0.0,
         "book_coverage": _weighted_share(key_terms, [vocabulary.in_book(t) for t in key_terms], vocabulary),
+        # Off-topic questions share verbs with the book (좋다, 먹다) but not nouns (날씨, 라면). The book is
+        # Korean, so an English question's nouns say nothing of this: they count as covered.
+        "noun_book_coverage": 1.0
+        if english
+        else _weighted_share(nouns, [vocabulary.in_book(t) for t in nouns], vocabulary),
         "passage_coverage": _weighted_share(key_terms, [t in passage_terms for t in key_terms], vocabulary),
         "heading": 1.0 if best.sentence.kind != "text" else 0.0,
         "english": english,

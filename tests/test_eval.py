@@ -290,7 +290,7 @@ def test_cli_eval_end_to_end(book_settings: Settings, engine: SearchEngine, gold
     rows = [json.loads(line) for line in (out / "run.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 5 * len(modes)
     assert {(r["id"], r["mode"]) for r in rows} == {(q.id, m) for q in chosen for m in modes}
-    keys = {"id", "mode", "question", "passages", "answer", "abstained", "citations", "latency_ms"}
+    keys = {"id", "mode", "question", "passages", "answer", "abstained", "citations", "latency_ms", "answer_type"}
     assert all(set(r) == keys for r in rows)
     book = {p.name: p.read_text(encoding="utf-8") for p in (REPO / "corpus").glob("*.txt")}
     for row in rows:

@@ -101,3 +101,14 @@ def test_api_reports_generative_mode(engine: SearchEngine, llm_server) -> None:
     assert body["answer_mode"] == "generative"
     assert {c["id"] for c in body["citations"]} == {1, 2}
     assert_exact(engine, body)
+
+
+def test_the_abstention_decision_gates_the_model(engine: SearchEngine, llm_server) -> None:
+    """A question the book does not answer is declined before any LLM call, as for extractive answers."""
+    server, behaviour = llm_server
+    behaviour.update(reply="맨디언트 본사는 서울에 있습니다 [1].", delay=0.0)
+    before = len(behaviour["requests"])
+    result = service_for(engine, server).ask("맨디언트 본사는 어디에 있어?")
+    assert result.abstained and result.answer_mode == "extractive"
+    assert "나오지 않습니다" in result.answer
+    assert len(behaviour["requests"]) == before
