@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from indexer.engine import QueryError, SearchEngine, SearchRequest
+from indexer.facts import Token
 from indexer.retrieval import Passage
 from indexer.settings import SearchMode, Settings
 from service.answer import ABSTAIN_MESSAGE, Answer, Citation, ExtractiveAnswerer, citation_for_marker
@@ -46,9 +49,30 @@ class AskResult:
     answer_type: str | None = None
 
 
-def retrieval_query(question: str, history: list[Turn]) -> str:
-    """The question preceded by the last user turns, so a follow-up keeps its subject."""
+# Words that point back at an earlier turn ("그건 언제부터?", "그 회사는?", "what does it cost?").
+_ANAPHORA = re.compile(
+    r"(?:그|이|저)\s?(?:거|건|게|걸|것|곳|때|분|사람|회사|서비스|기술|제도|사업|방식)|거기|그럼|그러면|그렇다면|그래서|"
+    r"\b(?:it|its|that|this|they|them|those|these|there)\b",
+    re.IGNORECASE,
+)
+
+
+def is_follow_up(question: str, tokens: Sequence[Token]) -> bool:
+    """Whether a question leans on the conversation: it points back ("그건", "it") or names nothing itself.
+
+    A question with its own subject ("김치찌개 끓이는 법") after one about 마이데이터 is a new topic, and
+    is retrieved and judged on its own words.
+    """
+    if _ANAPHORA.search(question):
+        return True
+    return not any(token.tag in ("NNG", "NNP", "SL", "SH") for token in tokens)
+
+
+def retrieval_query(question: str, history: list[Turn], follow_up: bool = True) -> str:
+    """The question preceded by the last user turns when it is a follow-up, so it keeps its subject."""
     earlier = [turn.content.strip() for turn in history if turn.role == "user" and turn.content.strip()]
+    if not follow_up:
+        return question.strip()
     return "\n".join([*earlier[-HISTORY_TURNS_FOR_RETRIEVAL:], question.strip()])
 
 
@@ -78,7 +102,8 @@ class QAService:
         if len(history) > MAX_HISTORY_TURNS:
             history = history[-MAX_HISTORY_TURNS:]
         request = SearchRequest(query=question, top_k=top_k, mode=mode)  # validates
-        query = retrieval_query(request.query, history)
+        follow_up = bool(history) and is_follow_up(request.query, self.engine.query_tokens(request.query.strip()))
+        query = retrieval_query(request.query, history, follow_up)
         passages = self.engine.search(query[-4000:], top_k=request.top_k, mode=request.mode)
         return request, history, query, passages
 

@@ -218,3 +218,13 @@ def test_refitting_on_dev_gives_the_committed_model(qa: QAService) -> None:
     assert np.allclose(refit.mean, committed.mean, atol=0.01) and np.allclose(refit.scale, committed.scale, atol=0.01)
     assert abs(refit.intercept - committed.intercept) < 0.05
     assert abs(refit.threshold - committed.threshold) <= 0.02
+
+
+def test_a_new_topic_in_a_conversation_is_judged_on_its_own_words(qa: QAService) -> None:
+    from service.qa import Turn
+
+    history = [Turn("user", "마이데이터가 뭐야?"), Turn("assistant", "마이데이터는 … 사업이다. [1]")]
+    switched = qa.ask("김치찌개 맛있게 끓이는 법 알려줘", history=history)
+    assert switched.abstained and switched.citations == []
+    follow_up = qa.ask("그럼 그건 누가 제공해?", history=history)
+    assert any("마이데이터" in p.text for p in follow_up.passages[:2])
