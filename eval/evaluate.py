@@ -96,7 +96,7 @@ def evaluate(
     write_runs(out_dir / RUN_FILE, runs)
     write_metrics_json(out_dir / METRICS_FILE, metrics, context)
     write_report_md(out_dir / REPORT_MD, metrics, context)
-    write_report_png(out_dir / REPORT_PNG, metrics)
+    write_report_png(out_dir / REPORT_PNG, metrics, context)
     return EvaluationResult(metrics, out_dir, elapsed, unfindable)
 
 

@@ -247,19 +247,37 @@ def write_report_md(path: Path, metrics: Sequence[ModeMetrics], context: ReportC
     path.write_text(render_markdown(metrics, context), encoding="utf-8")
 
 
-def write_report_png(path: Path, metrics: Sequence[ModeMetrics]) -> None:
+# (group, GroupMetrics field, bar label) of the chart's before/now panel, on the test part.
+CHART_GROUPS = (
+    ("all", "answer_containment", "containment"),
+    ("all", "false_abstention_rate", "false abst."),
+    ("all", "abstention_precision", "abst. precision"),
+    ("kind:near-topic", "abstention_recall", "near-topic R"),
+    ("kind:off-topic", "abstention_recall", "off-topic R"),
+    ("lang:ko", "answer_containment", "Korean cont."),
+    ("lang:en", "answer_containment", "English cont."),
+)
+
+
+def write_report_png(path: Path, metrics: Sequence[ModeMetrics], context: ReportContext | None = None) -> None:
     """report.png: grouped bars, one group per metric, one bar per mode (English labels, no Korean font needed).
 
-    A metric a mode does not have (answers of the reference) is left out and marked n/a.
+    A metric a mode does not have (answers of the reference) is left out and marked n/a. With per-group
+    figures, a second panel shows the test part's answer figures now and before (the baseline).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = context.groups if context else {}
+    split = TARGET_SPLIT if TARGET_SPLIT in groups else "all"
     n_modes = len(metrics)
     width = 0.8 / max(n_modes, 1)
-    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
+    if groups:
+        fig, (ax, panel) = plt.subplots(2, 1, figsize=(10, 9.5), dpi=120)
+    else:
+        fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
     colors = plt.get_cmap("tab10").colors
     for i, m in enumerate(metrics):
         row = asdict(m)
@@ -281,6 +299,28 @@ def write_report_png(path: Path, metrics: Sequence[ModeMetrics]) -> None:
     ax.set_title(f"bookqa retrieval and answers by mode ({metrics[0].n_answerable} answerable questions)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    if groups:
+        assert context is not None
+        series = [("now", groups[split], "tab:blue")]
+        if split in context.baseline:
+            series.insert(0, ("before", context.baseline[split], "tab:grey"))
+        bar = 0.8 / len(series)
+        for k, (label, figures, color) in enumerate(series):
+            for j, (group, name, _) in enumerate(CHART_GROUPS):
+                found = figures.get(group)
+                value = (getattr(found, name) if isinstance(found, GroupMetrics) else (found or {}).get(name)) if found else None
+                x = j - 0.4 + bar * (k + 0.5)
+                if value is None:
+                    panel.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=8, rotation=90, color="dimgrey")
+                    continue
+                panel.bar(x, value, bar, color=color, label=label if j == 0 else None)
+                panel.text(x, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+        panel.set_xticks(range(len(CHART_GROUPS)), [label for _, _, label in CHART_GROUPS], fontsize=8)
+        panel.set_ylim(0, 1.12)
+        panel.set_title(f"answers on the {split} part ({context.groups_mode}): before and now")
+        panel.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series), fontsize=9)
+        panel.grid(axis="y", alpha=0.3)
+        panel.set_axisbelow(True)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -24,6 +24,8 @@ ABSTAIN_MESSAGE = "책에서 이 질문에 대한 내용을 찾지 못했습니�
 LEXICAL_WEIGHT = 0.1
 # Fragments are not quotes for generated answers.
 MIN_SENTENCE_CHARS = 12
+# Nouns that only say what kind of thing is asked for ("어느 나라", "몇 곳"), never what it is about.
+GENERIC_NOUNS = frozenset("나라 도시 지역 국가 곳 기관 사람 인물 연도 시기 비율 금액 숫자 수 해 이름 종류 정도".split())
 # A lead longer than this share of its sentence would only repeat the quote.
 MAX_LEAD_SHARE = 0.8
 
@@ -171,13 +173,14 @@ class ExtractiveAnswerer:
             return ABSTAIN_MESSAGE, []
         frame = evidence.frame
         # English words are not repeated in a Korean answer.
-        target = frame.nouns[-1] if frame.lang == "ko" and frame.nouns else None
+        specific = [noun for noun in frame.nouns if noun not in GENERIC_NOUNS]
+        target = specific[-1] if frame.lang == "ko" and specific else None
         subjects = [noun for noun in evidence.covered_nouns if noun != target][:2] or list(evidence.covered_nouns[:1])
         kind = MISSING_PHRASE.get(frame.answer_type)
         if kind and target and target not in subjects:
             missing = f"‘{target}’의 {kind}"
         elif kind:
-            missing = f"그 {kind}"
+            missing = f"질문하신 {kind}"
         elif target and target not in evidence.covered_nouns:
             missing = f"‘{target}’에 대한 내용"
         else:

@@ -282,6 +282,10 @@ def _noun_terms(noun: str) -> tuple[str, ...]:
     return (noun.lower(),)
 
 
+def _covers(noun: str, terms: set[str] | frozenset[str]) -> bool:
+    return noun.lower() in terms
+
+
 def _next_in_paragraph(
     engine: SearchEngine, ordered: Sequence[Candidate], candidate: Candidate, across_heading: bool = False
 ) -> Candidate | None:

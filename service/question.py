@@ -167,11 +167,36 @@ def frame_question(text: str, terms: tuple[str, ...], tokens: tuple[Token, ...])
     """The frame of a question from its content morphemes and its Kiwi tokens (both cached by the engine)."""
     lang = question_language(text)
     key_terms = tuple(dict.fromkeys(t for t in terms if t not in _QUESTION_WORDS))
-    nouns = tuple(
-        dict.fromkeys(
-            token.form
-            for token in tokens
-            if token.tag in ("NNG", "NNP", "SL", "SH") and token.form.lower() not in _QUESTION_WORDS and len(token.form) > 1
-        )
-    )
-    return QuestionFrame(text, lang, answer_type(text, lang), key_terms, nouns)
+    return QuestionFrame(text, lang, answer_type(text, lang), key_terms, question_nouns(tokens))
+
+
+_NOUN_TAGS = ("NNG", "NNP", "SL", "SH")
+
+
+def question_nouns(tokens: tuple[Token, ...]) -> tuple[str, ...]:
+    """The question's nouns as written, adjacent ones joined (마이 + 데이터 → 마이데이터), question words left out.
+
+    A noun made a verb by 하다 (분석하나요, 도입했나요) says what is done, not what is asked about, so it
+    comes first: the last noun is then the head of the asked fact ("수수료율은 몇 퍼센트": 수수료).
+    """
+    runs: list[tuple[str, bool]] = []
+    current: list[Token] = []
+
+    def close(next_token: Token | None) -> None:
+        if current:
+            form = "".join(t.form for t in current)
+            verbal = next_token is not None and next_token.tag in ("XSV", "XSA") and next_token.start == current[-1].end
+            if form.lower() not in _QUESTION_WORDS and len(form) > 1:
+                runs.append((form, verbal))
+            current.clear()
+
+    for token in tokens:
+        if token.tag in _NOUN_TAGS and (not current or token.start == current[-1].end):
+            current.append(token)
+            continue
+        close(token)
+        if token.tag in _NOUN_TAGS:
+            current.append(token)
+    close(None)
+    ordered = [form for form, verbal in runs if verbal] + [form for form, verbal in runs if not verbal]
+    return tuple(dict.fromkeys(ordered))
