@@ -72,6 +72,14 @@ def parse_gold_line(raw: str, line: int, path: Path) -> GoldQuestion:
         raise GoldFileError(path, line, f"JSON 형식이 잘못되었습니다 ({error.msg}, {error.colno}열)") from error
     if not isinstance(record, dict):
         raise GoldFileError(path, line, "한 줄은 JSON 객체({...})여야 합니다")
+    if "answerable" in record and record["answerable"] is None:
+        # What `bookqa feedback export` writes: a reader's 👎, not yet a gold question.
+        raise GoldFileError(
+            path,
+            line,
+            f"검토하지 않은 피드백 항목입니다 (id {record.get('id')}: answerable이 null). "
+            "answers와 evidence를 확인해 채우고 answerable을 true/false로 정한 뒤 골드 파일로 쓰세요",
+        )
     for name, expected in REQUIRED_FIELDS.items():
         if name not in record:
             raise GoldFileError(path, line, f"'{name}' 필드가 없습니다")

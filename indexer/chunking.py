@@ -33,6 +33,8 @@ class Sentence:
     end: int
     kind: SentenceKind = "text"
     terms: tuple[str, ...] = ()
+    # The page (a PDF's page label, an EPUB/DOCX chapter title) the sentence starts on; None for plain text.
+    page: str | None = None
     facts: tuple[FactSpan, ...] = ()
 
 
@@ -49,6 +51,8 @@ class Chunk:
     text: str
     # The units citations quote and answers are built from, in document order.
     sentences: tuple[Sentence, ...] = ()
+    # The page the chunk starts on (see Sentence.page).
+    page: str | None = None
 
     def sentence_text(self, sentence: Sentence) -> str:
         """The text of one of this chunk's sentences (an exact slice of the document)."""
@@ -63,6 +67,7 @@ class Chunk:
                 item["end"],
                 item["kind"],
                 tuple(item["terms"]),
+                item.get("page"),
                 tuple(FactSpan(fact["kind"], fact["start"], fact["end"]) for fact in item["facts"]),
             )
             for item in record["sentences"]
@@ -138,7 +143,10 @@ def chunk_document(
     """All chunks of one document, in document order, with ids `<doc>#<n>`."""
     markdown = document.doc_id.lower().endswith(".md")
     chunks: list[Chunk] = []
-    for section in split_sections(document.text, analyzer, markdown=markdown):
+    sections = split_sections(
+        document.text, analyzer, markdown=markdown, headings=document.headings, guess_headings=document.guess_headings
+    )
+    for section in sections:
         for span in pack_section(document.text, section, count_tokens, budget, overlap):
             text = document.text[span.start : span.end]
             sentences = []
@@ -146,13 +154,14 @@ def chunk_document(
                 start, end = span.start + found.start, span.start + found.end
                 kind = _sentence_kind(section, Span(start, end))
                 sentence_text = text[found.start : found.end]
+                terms = tuple(analyzer.content_morphemes(sentence_text))
                 found_facts = fact_spans(sentence_text, analyzer.tokens(sentence_text))
                 title = title_span(sentence_text) if kind != "text" else None
                 facts = tuple(
                     FactSpan(fact.kind, start + fact.start, start + fact.end)
                     for fact in ([title, *found_facts] if title else found_facts)
                 )
-                sentences.append(Sentence(start, end, kind, tuple(analyzer.content_morphemes(sentence_text)), facts))
+                sentences.append(Sentence(start, end, kind, terms, document.page_at(start), facts))
             chunks.append(
                 Chunk(
                     chunk_id=f"{document.doc_id}#{len(chunks)}",
@@ -163,6 +172,7 @@ def chunk_document(
                     end=span.end,
                     text=text,
                     sentences=tuple(sentences),
+                    page=document.page_at(span.start),
                 )
             )
     return chunks

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from indexer.corpus import CorpusError
+from indexer.corpus import CorpusError, scan_corpus
 from indexer.embedding import EmbedderError
 from indexer.engine import QueryError, SearchEngine, ensure_index
 from indexer.manifest import IndexLoadError
@@ -80,6 +80,7 @@ def index(
     except (IndexLoadError, EmbedderError, CorpusError) as error:
         raise fail(error, EXIT_UNUSABLE) from error
     manifest = result.manifest
+    report_skipped(settings)
     if result.status == "up-to-date":
         console.print(f"색인이 최신입니다: {result.path} (청크 {manifest.n_chunks}개, 모델 {manifest.model.name})")
     else:
@@ -87,6 +88,16 @@ def index(
             f"색인을 만들었습니다: {result.path} (청크 {manifest.n_chunks}개, 모델 {manifest.model.name}, "
             f"{manifest.build_seconds:.1f}초) — 이유: {escape(result.reason)}"
         )
+
+
+def report_skipped(settings: Settings) -> None:
+    """Name every corpus file left out of the index, and why (extraction results are cached, so this is cheap)."""
+    try:
+        _, skipped = scan_corpus(settings.corpus_dir)
+    except CorpusError:
+        return
+    for file in skipped:
+        errors.print(f"[yellow]건너뛴 파일:[/yellow] {escape(file.reason)}")
 
 
 def search(

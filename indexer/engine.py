@@ -81,6 +81,7 @@ class SentenceMatch:
     kind: SentenceKind
     terms: tuple[str, ...]
     cosine: float
+    page: str | None = None
     # Dates, numbers with units, places and names in the sentence (document offsets), found at index time.
     facts: tuple[FactSpan, ...] = ()
 
@@ -161,6 +162,7 @@ class SearchEngine:
                         sentence.kind,
                         sentence.terms,
                         float(cosine),
+                        sentence.page,
                         sentence.facts,
                     )
                 )

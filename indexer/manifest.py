@@ -18,8 +18,8 @@ from indexer.korean import ANALYZER_VERSION
 from indexer.settings import Settings
 
 # Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl;
-# 4: each sentence's fact spans, its dates, numbers, places and names).
-FORMAT_VERSION = 4
+# 4: the page of each chunk and sentence; 5: each sentence's fact spans, its dates, numbers, places and names).
+FORMAT_VERSION = 5
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
 CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"

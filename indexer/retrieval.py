@@ -32,10 +32,14 @@ class Passage:
     end: int
     text: str
     score: float
+    # The page the passage starts on: a PDF's page label, an EPUB/DOCX chapter title; None for plain text.
+    page: str | None = None
 
     @classmethod
     def from_chunk(cls, chunk: Chunk, score: float) -> Passage:
-        return cls(chunk.chunk_id, chunk.doc, chunk.section, chunk.start, chunk.end, chunk.text, round(score, 6))
+        return cls(
+            chunk.chunk_id, chunk.doc, chunk.section, chunk.start, chunk.end, chunk.text, round(score, 6), chunk.page
+        )
 
 
 def rrf_fuse(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:

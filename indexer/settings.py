@@ -30,7 +30,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BOOKQA_", extra="ignore")
 
-    corpus_dir: Path = Field(Path("corpus"), description="Folder of .txt/.md documents to index.")
+    corpus_dir: Path = Field(
+        Path("corpus"), description="Folder of documents to index: .txt, .md, .pdf, .epub, .docx, .html."
+    )
     index_dir: Path = Field(Path(".bookqa/index"), description="Where the built index lives.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Converted model cache.")
     model: str = Field(
@@ -53,6 +55,18 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
+    feedback_db: Path = Field(
+        Path(".bookqa/feedback.sqlite3"), description="SQLite file of remembered answers and reader feedback."
+    )
+    feedback: bool = Field(True, description="Remember answers (with an answer_id) and accept feedback on them.")
+    feedback_keep_answers: int = Field(
+        10_000, ge=100, le=10_000_000, description="At most this many recent answers are remembered for feedback."
+    )
+    feedback_answer_days: float = Field(7.0, gt=0, le=3650, description="Answers older than this can no longer be rated.")
+    log_questions: bool = Field(
+        False, description="Put the question's text in the request log lines (otherwise only its length)."
+    )
+    log_level: str = Field("INFO", description="Level of the JSON request log of `bookqa serve`.")
 
     @field_validator("model")
     @classmethod

@@ -7,8 +7,10 @@ the ToC is parsed first and used to give body headings their level and full labe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from indexer.formats import Heading
 from indexer.korean import KoreanAnalyzer
 
 MAX_HEADING_CHARS = 80
@@ -106,13 +108,23 @@ def _toc_entry(line: str) -> _TocEntry:
     return _TocEntry(line, level, frozenset(keys))
 
 
-def split_sections(text: str, analyzer: KoreanAnalyzer, markdown: bool = False) -> list[Section]:
+def split_sections(
+    text: str,
+    analyzer: KoreanAnalyzer,
+    markdown: bool = False,
+    headings: Sequence[Heading] = (),
+    guess_headings: bool = True,
+) -> list[Section]:
     """Split a document into sections with heading paths; every content span lies in exactly one.
 
     A section's own heading line is its first unit (so titles can be quoted); a heading with no
     content before the next heading yields no section but stays in its children's paths.
+    `headings` are the file's own (a PDF outline, EPUB/DOCX heading styles); other lines are
+    taken for headings only when `guess_headings` (title-like lines then nest below the file's).
     """
     lines = _lines(text)
+    declared = {heading.start: heading for heading in headings}
+    guessed_level = max((heading.level for heading in headings), default=SECTION_LEVEL - 1) + 1
     toc_entries: list[_TocEntry] = []
     sections: list[Section] = []
     path: dict[int, str] = {}
@@ -135,7 +147,17 @@ def split_sections(text: str, analyzer: KoreanAnalyzer, markdown: bool = False) 
 
     for line in lines:
         heading_match = _MARKDOWN_HEADING.match(line.text) if markdown else None
-        if _is_separator(line.text):
+        declared_heading = declared.get(line.start)
+        if declared_heading is not None and declared_heading.end == line.end:
+            in_toc = False
+            set_heading(declared_heading.level, line.text, line)
+        elif not guess_headings:
+            section = current or open_section(None)
+            section.units.extend(
+                Span(line.start + span.start, line.start + span.end)
+                for span in analyzer.split_sentences(line.text)
+            )
+        elif _is_separator(line.text):
             path.clear()
             current, in_toc = None, False
         elif not markdown and _TOC_LINE.match(line.text):
@@ -158,7 +180,7 @@ def split_sections(text: str, analyzer: KoreanAnalyzer, markdown: bool = False) 
             if entry:
                 set_heading(entry.level, entry.display, line)
             else:
-                set_heading(SECTION_LEVEL, line.text, line)
+                set_heading(guessed_level if declared else SECTION_LEVEL, line.text, line)
         else:
             if in_toc:
                 # Prose after a table of contents belongs to no ToC heading.

@@ -41,6 +41,8 @@ class Citation:
     start: int
     end: int
     quote: str
+    # The page the quote is on: a PDF's page label, an EPUB/DOCX chapter title; None for plain text.
+    page: str | None = None
     # The fact inside the quote that answers the question (document offsets within [start:end]), if any.
     answer_start: int | None = None
     answer_end: int | None = None
@@ -70,7 +72,7 @@ class ScoredSentence:
     def citation(self, number: int) -> Citation:
         """This sentence as the citation of marker `number`."""
         s = self.sentence
-        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text)
+        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text, page=s.page)
 
 
 def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]) -> list[ScoredSentence]:
@@ -146,7 +148,9 @@ class ExtractiveAnswerer:
         wanted = evidence.frame.answer_type in CHECKABLE
         span = answer_span(candidate, evidence.frame, self.vocabulary) if wanted else None
         start, end = span if span else (None, None)
-        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text, start, end)
+        return Citation(
+            number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text, page=s.page, answer_start=start, answer_end=end
+        )
 
     def _compose(self, evidence: Evidence) -> tuple[str, list[Citation]]:
         chosen = sorted([*evidence.quote, *evidence.extra], key=lambda c: (c.sentence.doc, c.sentence.start))
@@ -188,7 +192,10 @@ class ExtractiveAnswerer:
         subject = ", ".join(f"‘{noun}’" for noun in subjects)
         quoted = sorted(evidence.quote, key=lambda c: (c.sentence.doc, c.sentence.start))
         citations = [
-            Citation(n, c.sentence.chunk_id, c.sentence.doc, c.sentence.section, c.sentence.start, c.sentence.end, c.sentence.text)
+            Citation(
+                n, c.sentence.chunk_id, c.sentence.doc, c.sentence.section, c.sentence.start, c.sentence.end,
+                c.sentence.text, page=c.sentence.page,
+            )
             for n, c in enumerate(quoted, start=1)
         ]
         text = (
@@ -209,7 +216,9 @@ def citation_for_marker(
     best = score_sentences(engine, question, [passage])
     if best:
         return best[0].citation(marker)
-    return Citation(marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text)
+    return Citation(
+        marker, passage.chunk_id, passage.doc, passage.section, passage.start, passage.end, passage.text, page=passage.page
+    )
 
 
 def stream_pieces(answer: str) -> list[str]:

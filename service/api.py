@@ -1,4 +1,6 @@
-"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/healthz`, `/readyz`.
+"""The HTTP service: `/v1/ask`, `/v1/ask/stream`, `/v1/search`, `/v1/feedback`, `/healthz`, `/readyz`, `/metrics`.
+
+The OpenAI-compatible `/v1/chat/completions` and `/v1/models` come from `service.openai_compat`.
 
 Model and index load once, in the background at startup, so `/healthz` answers at once and
 `/readyz` turns 200 when questions can be served. Inference runs in a thread pool, off the
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +20,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +29,9 @@ from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
 from service.answer import Citation, stream_pieces
+from service.feedback import AnswerTracker, FeedbackStore, UnknownAnswerError, index_version
+from service.observability import Metrics, ObservabilityMiddleware, add_log_fields
+from service.openai_compat import openai_router
 from service.qa import AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,7 @@ class AskResponse(BaseModel):
     timings_ms: dict[str, float]
     answer_mode: Literal["extractive", "generative"] = "extractive"
     notes: list[str] = Field(default_factory=list, description="e.g. why a generative answer fell back")
+    answer_id: str | None = Field(None, description="Names this answer in POST /v1/feedback (null when feedback is off)")
     answer_type: str | None = Field(
         None,
         description="what the question asks for: date, percent, money, quantity, number, ordinal, place, person, "
@@ -71,7 +78,22 @@ class SearchResponse(BaseModel):
     passages: list[Passage]
 
 
-def ask_response(result: AskResult) -> AskResponse:
+MAX_COMMENT_CHARS = 2000
+
+
+class FeedbackRequest(BaseModel):
+    answer_id: str = Field(min_length=1, max_length=64, description="`answer_id` of a /v1/ask answer")
+    rating: Literal["up", "down"] = Field(description="👍 up or 👎 down")
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: int
+    answer_id: str
+    rating: Literal["up", "down"]
+
+
+def ask_response(result: AskResult, answer_id: str | None = None) -> AskResponse:
     return AskResponse(
         answer=result.answer,
         abstained=result.abstained,
@@ -80,8 +102,30 @@ def ask_response(result: AskResult) -> AskResponse:
         timings_ms=result.timings_ms,
         answer_mode=result.answer_mode,
         notes=result.notes,
+        answer_id=answer_id,
         answer_type=result.answer_type,
     )
+
+
+def loaded_tracker(app: FastAPI) -> AnswerTracker:
+    """The app's answer tracker (metrics and feedback), for the chat mounted beside the API."""
+    return app.state.bookqa["tracker"]
+
+
+def index_facts(qa: QAService | None) -> dict[str, object] | None:
+    """What /metrics reports of the loaded index (None while loading)."""
+    if qa is None:
+        return None
+    manifest = qa.engine.manifest
+    return {
+        "chunks": manifest.n_chunks,
+        "documents": len(manifest.corpus),
+        "build_seconds": manifest.build_seconds,
+        "version": index_version(manifest),
+        "model": manifest.model.name,
+        "format_version": manifest.format_version,
+        "created_at": manifest.created_at,
+    }
 
 
 class BodyLimitMiddleware:
@@ -207,13 +251,42 @@ def create_api(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware)
-    app.state.bookqa = state
+    metrics = Metrics(lambda: index_facts(state["qa"]))  # type: ignore[arg-type]
+    # Added last, so it is outermost: refused bodies (413) are counted and logged too.
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    store = None
+    if settings.feedback:
+        try:
+            store = FeedbackStore(settings.feedback_db, settings.feedback_keep_answers, settings.feedback_answer_days)
+        except (sqlite3.Error, OSError) as error:  # the service answers all the same, without answer ids
+            log.warning("feedback is off: cannot open %s: %s", settings.feedback_db, error)
 
     def service() -> QAService:
         current = state["qa"]
         if current is None:
             raise _NotReady(str(state["error"] or "모델과 색인을 불러오는 중입니다."))
         return current  # type: ignore[return-value]
+
+    tracker = AnswerTracker(store, metrics, lambda: index_version(service().engine.manifest))
+    state["tracker"] = tracker
+    state["metrics"] = metrics
+    app.state.bookqa = state
+
+    def log_question(request: Request, question: str, **fields: object) -> None:
+        extra: dict[str, object] = {"question_chars": len(question), **fields}
+        if settings.log_questions:
+            extra["question"] = question
+        add_log_fields(request.scope.setdefault("state", {}), **extra)
+
+    async def answer(request: Request, body: AskRequest, channel: str) -> AskResponse:
+        qa_service = service()
+        history = [Turn(m.role, m.content) for m in body.history]
+        log_question(request, body.question, channel=channel, top_k=body.top_k, mode=body.mode)
+        result, answer_id = await run_in_threadpool(
+            tracker.ask, qa_service, body.question, body.top_k, body.mode, history, channel
+        )
+        add_log_fields(request.scope["state"], answer_id=answer_id, answer_mode=result.answer_mode, abstained=result.abstained)
+        return ask_response(result, answer_id)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -241,20 +314,14 @@ def create_api(
         return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
 
     @app.post("/v1/ask", response_model=AskResponse, tags=["qa"])
-    async def ask(request: AskRequest) -> AskResponse:
+    async def ask(body: AskRequest, request: Request) -> AskResponse:
         """Answer a question from the book, with `[n]` markers and exact citations."""
-        qa_service = service()
-        history = [Turn(m.role, m.content) for m in request.history]
-        result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
-        return ask_response(result)
+        return await answer(request, body, "api")
 
     @app.post("/v1/ask/stream", tags=["qa"])
-    async def ask_stream(request: AskRequest) -> StreamingResponse:
+    async def ask_stream(body: AskRequest, request: Request) -> StreamingResponse:
         """The same answer as server-sent events: `delta` events with text, then `done` with everything."""
-        qa_service = service()
-        history = [Turn(m.role, m.content) for m in request.history]
-        result = await run_in_threadpool(qa_service.ask, request.question, request.top_k, request.mode, history)
-        response = ask_response(result)
+        response = await answer(request, body, "stream")
 
         async def events() -> AsyncIterator[str]:
             for piece in stream_pieces(response.answer):
@@ -274,7 +341,40 @@ def create_api(
         passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
         return SearchResponse(passages=passages)
 
+    @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, tags=["feedback"])
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse | JSONResponse:
+        """👍/👎 (and an optional comment) on an answer, named by the `answer_id` /v1/ask returned."""
+        try:
+            receipt = await run_in_threadpool(tracker.feedback, body.answer_id, body.rating, body.comment, "api")
+        except UnknownAnswerError:
+            days = f"{settings.feedback_answer_days:g}"
+            return JSONResponse(
+                {"error": f"답변을 찾을 수 없습니다: {body.answer_id} (최근 {settings.feedback_keep_answers:,}개, {days}일 이내의 답변만 평가할 수 있습니다)"},
+                status_code=404,
+            )
+        return FeedbackResponse(feedback_id=receipt.feedback_id, answer_id=receipt.answer_id, rating=receipt.rating)
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics: requests and latency per route, answers by mode, abstentions, LLM fallbacks, index facts."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(openai_router(service, tracker, lambda: _created(state["qa"]), log_question))  # type: ignore[arg-type]
     return app
+
+
+def _created(qa: QAService | None) -> int:
+    """The index's build time as a Unix timestamp (0 while loading), the `created` of the model card."""
+    from datetime import datetime
+
+    if qa is None:
+        return 0
+    try:
+        return int(datetime.fromisoformat(qa.engine.manifest.created_at).timestamp())
+    except ValueError:
+        return 0
 
 
 class _NotReady(Exception):

@@ -45,6 +45,8 @@ class AskResult:
     answer_mode: str = "extractive"
     notes: list[str] = field(default_factory=list)
     confidence: float = 0.0
+    # A generative answer was asked for but the extractive one is given (LLM timeout, error, no markers).
+    llm_fallback: bool = False
     # What the question asks for (date, percent, place, name, definition, reason…), see service.question.
     answer_type: str | None = None
 
@@ -152,6 +154,7 @@ class QAService:
         except LLMError as error:
             log.warning("LLM failed, using the extractive answer: %s", error)
             fallback.notes.append(f"생성형 답변 실패로 발췌 답변을 보여줍니다: {error}")
+            fallback.llm_fallback = True
             return fallback
         if NOT_FOUND_REPLY in raw:
             return AskResult(
@@ -161,6 +164,7 @@ class QAService:
         text, used = clean_markers(raw, len(passages))
         if not used:
             fallback.notes.append("생성형 답변에 근거 표시가 없어 발췌 답변을 보여줍니다.")
+            fallback.llm_fallback = True
             return fallback
         citations = [citation_for_marker(self.engine, passages[number - 1], number, query) for number in used]
         return AskResult(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # Nothing in the tests may reach for a model hub; the default model is converted offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Answers the tests get are remembered for feedback: in a throwaway database, never the checkout's.
+os.environ.setdefault("BOOKQA_FEEDBACK_DB", os.path.join(tempfile.mkdtemp(prefix="bookqa-feedback-"), "feedback.sqlite3"))
 
 import pytest  # noqa: E402
 

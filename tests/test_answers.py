@@ -187,7 +187,7 @@ def test_every_caller_gets_the_same_decision(qa: QAService, book_settings) -> No
 
 
 def test_the_chat_highlights_the_answer_inside_the_quote() -> None:
-    citation = Citation(1, "b#1", BOOK, "", 100, 120, "덴마크 <b>기업</b>의 5%만이", 115, 117)
+    citation = Citation(1, "b#1", BOOK, "", 100, 120, "덴마크 <b>기업</b>의 5%만이", answer_start=115, answer_end=117)
     rendered = quote_html(citation)
     assert '<strong class="bq-answer">5%</strong>' in rendered and "&lt;b&gt;" in rendered
     assert quote_html(Citation(1, "b#1", BOOK, "", 0, 3, "abc")) == "abc"

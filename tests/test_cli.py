@@ -32,7 +32,7 @@ def test_search_json_puts_the_mydata_definition_first(private_settings: Settings
     assert result.returncode == 0, result.stderr
     passages = json.loads(result.stdout)["passages"]
     assert len(passages) == 5
-    assert set(passages[0]) == {"chunk_id", "doc", "section", "start", "end", "text", "score"}
+    assert set(passages[0]) == {"chunk_id", "doc", "section", "start", "end", "text", "score", "page"}
     assert "흩어진 개인신용정보를 한눈에 보여주고" in passages[0]["text"]
     book = (private_settings.corpus_dir / passages[0]["doc"]).read_bytes().decode("utf-8")
     assert all(book[p["start"] : p["end"]] == p["text"] for p in passages)

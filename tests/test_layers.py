@@ -43,5 +43,5 @@ def test_the_cli_gets_every_command() -> None:
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("index", "search", "ask", "serve", "eval"):
+    for command in ("index", "search", "ask", "serve", "eval", "feedback"):
         assert command in result.output

@@ -208,3 +208,50 @@ def test_browser_never_runs_injected_markup(server: LoopbackServer, browser) -> 
     assert page.locator("#bq-chat img[src='x']").count() == 0
     assert page.locator("#bq-sources script").count() == 0
     page.close()
+
+
+def test_thumbs_and_comment_are_stored_as_feedback(qa: QAService, tmp_path: Path) -> None:
+    import gradio as gr
+
+    from indexer.settings import Settings
+    from service.feedback import AnswerTracker, FeedbackStore
+    from ui.app import make_comment, make_rate
+
+    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+    tracker = AnswerTracker(store, None, lambda: "v-test")
+    *_, (_, chat, conversation, _) = make_respond(lambda: qa, tracker)("마이데이터가 뭐야?", [], None, 5, "hybrid")
+    assert list(conversation.answer_ids) == [1] and chat[1]["role"] == "assistant"
+    conversation = make_rate(tracker)(conversation, gr.LikeData(None, {"index": 1, "value": chat[1], "liked": False}))
+    assert make_comment(tracker)("  출처가 틀렸어요  ", conversation)[0] == ""
+    [record] = store.rated("down")
+    assert record.question == "마이데이터가 뭐야?" and record.comments == ("출처가 틀렸어요",)
+    assert record.index_version == "v-test" and record.citations
+    # A withdrawn vote ("") and a click on a question store nothing.
+    make_rate(tracker)(conversation, gr.LikeData(None, {"index": 1, "value": chat[1], "liked": ""}))
+    make_rate(tracker)(conversation, gr.LikeData(None, {"index": 0, "value": chat[0], "liked": True}))
+    assert store.count("feedback") == 2
+    assert Settings().feedback_db != tmp_path / "feedback.sqlite3"
+
+
+def test_browser_thumbs_down_and_comment_reach_the_feedback_store(server: LoopbackServer, browser) -> None:
+    from indexer.settings import Settings
+    from service.feedback import FeedbackStore
+
+    store = FeedbackStore(Settings().feedback_db)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    _open_chat(page, f"{server.url}/ui/")
+    question = "스마트 팩토리의 목표는 뭐야?"
+    _ask_in_page(page, question)
+    page.locator("#bq-chat").get_by_role("button", name="Dislike").last.click()
+    page.locator("#bq-comment textarea").fill("답이 너무 길어요")
+    page.locator("#bq-comment-send").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = [r for r in store.rated("down") if r.question == question]
+        if records and records[0].comments:
+            break
+        page.wait_for_timeout(200)
+    assert records and records[0].comments == ("답이 너무 길어요",)
+    assert records[0].answer and records[0].citations
+    assert page.locator("#bq-comment textarea").input_value() == ""
+    page.close()

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from indexer.engine import MAX_QUERY_CHARS, QueryError
 from indexer.settings import SEARCH_MODES
 from service.answer import stream_pieces
+from service.feedback import AnswerTracker, UnknownAnswerError
 from service.qa import QAService, Turn
 from ui.render import RenderedTurn, answer_markdown, escape_markdown, rendered_turn, sources_html
 
@@ -71,6 +72,7 @@ CSS = """
 .bq-hint { color: var(--body-text-color-subdued); }
 .bq-viewer:has(.bq-shown) .bq-hint { display: none; }
 .bq-path { cursor: pointer; }
+.bq-page { font-weight: 400; white-space: nowrap; }
 #bq-chat a[href^="#bq-cite-"] { text-decoration: none; font-weight: 700; font-size: 0.8em; padding: 0 0.25em;
                                 border-radius: 4px; background: var(--color-accent-soft); vertical-align: super; }
 #bq-chat .message { word-break: keep-all; overflow-wrap: anywhere; }
@@ -89,10 +91,19 @@ class Conversation:
 
     history: list[Turn] = field(default_factory=list)
     turns: list[RenderedTurn] = field(default_factory=list)
+    # answer_id of each answer, by its message's index in the chat (what Gradio's like event names).
+    answer_ids: dict[int, str] = field(default_factory=dict)
+    # The latest 👍/👎 given (answer_id, rating): a comment sent afterwards goes with it.
+    last_rating: tuple[str, str] | None = None
 
 
-def make_respond(get_service: Callable[[], QAService | None]) -> Callable[..., Iterator[tuple[Any, ...]]]:
-    """The chat handler: ask the service, then stream the answer and show its sources."""
+def make_respond(
+    get_service: Callable[[], QAService | None], tracker: AnswerTracker | None = None
+) -> Callable[..., Iterator[tuple[Any, ...]]]:
+    """The chat handler: ask the service, then stream the answer and show its sources.
+
+    With a `tracker`, each answer is counted in the metrics and remembered for 👍/👎.
+    """
 
     def respond(
         question: str, chat: list[dict[str, Any]], conversation: Conversation | None, top_k: float, mode: str
@@ -116,6 +127,10 @@ def make_respond(get_service: Callable[[], QAService | None]) -> Callable[..., I
             yield question, chat, conversation, gr.skip()
             return
         turn = len(conversation.turns) + 1
+        if tracker is not None:
+            answer_id = tracker.answered(question, conversation.history, result, "chat")
+            if answer_id is not None:
+                conversation.answer_ids[len(chat) + 1] = answer_id
         conversation.history += [Turn("user", question), Turn("assistant", result.answer)]
         conversation.turns.append(rendered_turn(qa.engine, turn, result))
         sources = sources_html(conversation.turns)
@@ -138,13 +153,65 @@ def make_respond(get_service: Callable[[], QAService | None]) -> Callable[..., I
     return respond
 
 
+RATINGS = {True: "up", False: "down"}
+THANKS = "의견 고맙습니다. 답변을 고치는 데 쓰겠습니다."
+
+
+def make_rate(tracker: AnswerTracker) -> Callable[..., Conversation]:
+    """The 👍/👎 handler of the chat's messages."""
+
+    def rate(conversation: Conversation | None, data: gr.LikeData) -> Conversation:
+        conversation = conversation or Conversation()
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        rating = RATINGS.get(data.liked) if isinstance(data.liked, bool) else None
+        answer_id = conversation.answer_ids.get(index)
+        if rating is None or answer_id is None:
+            return conversation  # a withdrawn vote, or a message that is no answer
+        try:
+            tracker.feedback(answer_id, rating, None, "chat")  # type: ignore[arg-type]
+        except UnknownAnswerError:
+            gr.Warning("오래된 답변이라 더 이상 평가할 수 없습니다.")
+            return conversation
+        conversation.last_rating = (answer_id, rating)
+        gr.Info(THANKS)
+        return conversation
+
+    return rate
+
+
+def make_comment(tracker: AnswerTracker) -> Callable[..., tuple[Any, ...]]:
+    """The handler of the comment box: the text goes with the latest 👍/👎."""
+
+    def comment(text: str, conversation: Conversation | None) -> tuple[Any, ...]:
+        conversation = conversation or Conversation()
+        if not (text or "").strip():
+            gr.Warning("의견을 입력해 주세요.")
+            return text, conversation
+        if conversation.last_rating is None:
+            gr.Warning("먼저 답변 아래의 👍 또는 👎를 눌러 주세요.")
+            return text, conversation
+        answer_id, rating = conversation.last_rating
+        try:
+            tracker.feedback(answer_id, rating, text.strip()[:2000], "chat")  # type: ignore[arg-type]
+        except UnknownAnswerError:
+            gr.Warning("오래된 답변이라 더 이상 평가할 수 없습니다.")
+            return text, conversation
+        gr.Info(THANKS)
+        return "", conversation
+
+    return comment
+
+
 def clear() -> tuple[Any, ...]:
     """A fresh conversation."""
     return "", [], Conversation(), sources_html([])
 
 
-def build_chat_ui(get_service: Callable[[], QAService | None]) -> gr.Blocks:
-    """The chat page; `get_service` returns the loaded service, or None while it is loading."""
+def build_chat_ui(get_service: Callable[[], QAService | None], tracker: AnswerTracker | None = None) -> gr.Blocks:
+    """The chat page; `get_service` returns the loaded service, or None while it is loading.
+
+    With a `tracker`, answers get 👍/👎 buttons and a comment box, stored as reader feedback.
+    """
     with gr.Blocks(title="bookqa · 디지털 트렌드 2023", analytics_enabled=False) as blocks:
         gr.Markdown(
             "## 『디지털 트렌드 2023』에게 물어보세요\n"
@@ -159,7 +226,7 @@ def build_chat_ui(get_service: Callable[[], QAService | None]) -> gr.Blocks:
                     height=520,
                     sanitize_html=True,
                     allow_tags=False,
-                    feedback_options=None,
+                    feedback_options=("Like", "Dislike") if tracker is not None else None,
                     buttons=["copy"],
                     placeholder="책에 대해 궁금한 것을 물어보세요. 아래 예시 질문으로 시작해도 좋습니다.",
                 )
@@ -177,6 +244,18 @@ def build_chat_ui(get_service: Callable[[], QAService | None]) -> gr.Blocks:
                     send = gr.Button("보내기", variant="primary", scale=1, elem_id="bq-send")
                 with gr.Row():
                     reset = gr.Button("대화 지우기", variant="secondary", size="sm", elem_id="bq-clear")
+                if tracker is not None:
+                    with gr.Row():
+                        comment_box = gr.Textbox(
+                            placeholder="답변에 👍/👎를 누른 뒤, 무엇이 좋았고 무엇이 틀렸는지 적어 주세요 (선택)",
+                            show_label=False,
+                            elem_id="bq-comment",
+                            scale=5,
+                            max_lines=3,
+                            max_length=2000,
+                            submit_btn=False,
+                        )
+                        comment_send = gr.Button("의견 보내기", size="sm", scale=1, elem_id="bq-comment-send")
                 gr.Examples(EXAMPLE_QUESTIONS, inputs=[question], label="예시 질문")
                 with gr.Accordion("설정", open=False):
                     top_k = gr.Slider(1, 10, value=5, step=1, label="참고할 구절 수")
@@ -184,22 +263,32 @@ def build_chat_ui(get_service: Callable[[], QAService | None]) -> gr.Blocks:
             with gr.Column(scale=2):
                 gr.Markdown("### 근거")
                 sources = gr.HTML(sources_html([]), elem_id="bq-sources", js_on_load=None)
-        respond = make_respond(get_service)
+        respond = make_respond(get_service, tracker)
         inputs = [question, chat, conversation, top_k, mode]
         outputs = [question, chat, conversation, sources]
         question.submit(respond, inputs, outputs, api_name="ask", concurrency_id="ask")
         send.click(respond, inputs, outputs, api_visibility="private", concurrency_id="ask")
         reset.click(clear, None, outputs, api_name="clear", queue=False)
+        if tracker is not None:
+            chat.like(make_rate(tracker), [conversation], [conversation], api_name="rate", queue=False)
+            comment_inputs = [comment_box, conversation]
+            comment_send.click(make_comment(tracker), comment_inputs, comment_inputs, api_name="comment", queue=False)
+            comment_box.submit(make_comment(tracker), comment_inputs, comment_inputs, api_visibility="private", queue=False)
     # Answers take tens of milliseconds; a few at a time keeps the model's 2 cores busy, not swamped.
     blocks.queue(default_concurrency_limit=2, max_size=64)
     return blocks
 
 
-def mount_chat_ui(app: FastAPI, get_service: Callable[[], QAService | None], path: str = UI_PATH) -> FastAPI:
+def mount_chat_ui(
+    app: FastAPI,
+    get_service: Callable[[], QAService | None],
+    path: str = UI_PATH,
+    tracker: AnswerTracker | None = None,
+) -> FastAPI:
     """Serve the chat at `path` of the API's app, in the same process and with the same service."""
     return gr.mount_gradio_app(
         app,
-        build_chat_ui(get_service),
+        build_chat_ui(get_service, tracker),
         path=path,
         theme=THEME,
         css=CSS,

@@ -12,13 +12,13 @@ from typing import Annotated
 
 import typer
 
-from indexer.commands import EXIT_UNUSABLE, console, fail, index, search, settings_callback
+from indexer.commands import EXIT_UNUSABLE, console, fail, index, report_skipped, search, settings_callback
 from indexer.corpus import CorpusError
 from indexer.embedding import EmbedderError
 from indexer.engine import ensure_index
 from indexer.manifest import IndexLoadError
 from indexer.settings import Settings
-from service.commands import ask
+from service.commands import ask, feedback_app
 
 COMMAND_GROUP = "bookqa.commands"
 
@@ -27,6 +27,7 @@ app.callback()(settings_callback)
 app.command()(index)
 app.command()(search)
 app.command()(ask)
+app.add_typer(feedback_app, name="feedback")
 
 
 @app.command()
@@ -38,6 +39,7 @@ def serve(
     """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed."""
     import uvicorn
 
+    from service.observability import configure_logging
     from ui.server import create_app
 
     settings: Settings = ctx.obj
@@ -45,10 +47,13 @@ def serve(
         result = ensure_index(settings, show_progress=True)
     except (IndexLoadError, EmbedderError, CorpusError) as error:
         raise fail(error, EXIT_UNUSABLE) from error
+    report_skipped(settings)
     if result.status == "built":
         console.print(f"색인을 만들었습니다: {result.path}")
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    configure_logging(settings.log_level)
+    # One JSON line per request comes from bookqa's own middleware (with its request id), not uvicorn's access log.
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
 for _entry in entry_points(group=COMMAND_GROUP):

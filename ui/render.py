@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from indexer.engine import SearchEngine
+from indexer.formats import page_label
 from indexer.retrieval import Passage
 from service.answer import Citation
 from service.qa import AskResult
@@ -84,8 +85,10 @@ def citation_view(engine: SearchEngine, citation: Citation) -> CitationView:
     return CitationView(citation, before, after)
 
 
-def _path(doc: str, section: str) -> str:
-    return f"{html.escape(doc)} › {html.escape(section)}" if section else html.escape(doc)
+def _path(doc: str, section: str, page: str | None = None) -> str:
+    path = f"{html.escape(doc)} › {html.escape(section)}" if section else html.escape(doc)
+    label = page_label(doc, page)
+    return f'{path} <span class="bq-page">· {html.escape(label)}</span>' if label else path
 
 
 def _passage_html(passage: Passage, citations: list[Citation]) -> str:
@@ -137,7 +140,7 @@ def _card_html(turn: int, view: CitationView) -> str:
     c = view.citation
     return (
         f'<div class="bq-cite" id="{citation_anchor(turn, c.id)}">'
-        f'<div class="bq-cite-head"><span class="bq-num">[{c.id}]</span> {_path(c.doc, c.section)}</div>'
+        f'<div class="bq-cite-head"><span class="bq-num">[{c.id}]</span> {_path(c.doc, c.section, c.page)}</div>'
         f'<blockquote class="bq-context">{html.escape(view.before)}'
         f'<mark class="bq-quote">{quote_html(c)}</mark>{html.escape(view.after)}</blockquote>'
         f'<div class="bq-offsets">{html.escape(c.doc)} · 문자 {c.start}–{c.end}</div>'
@@ -163,7 +166,7 @@ def sources_html(turns: list[RenderedTurn]) -> str:
     # Passages the answer quotes are open; the others are one click away.
     items = "".join(
         f'<li class="bq-passage"><details{" open" if p.chunk_id in cited else ""}>'
-        f'<summary class="bq-path">{_path(p.doc, p.section)}</summary>'
+        f'<summary class="bq-path">{_path(p.doc, p.section, p.page)}</summary>'
         f'<div class="bq-text">{_passage_html(p, citations)}</div></details></li>'
         for p in latest.passages
     )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from indexer.settings import Settings
-from service.api import create_api, loaded_service
+from service.api import create_api, loaded_service, loaded_tracker
 from service.qa import QAService
 from ui.app import UI_PATH, mount_chat_ui
 
@@ -28,5 +28,5 @@ def create_app(
     async def home() -> RedirectResponse:
         return RedirectResponse(f"{UI_PATH}/")
 
-    mount_chat_ui(app, lambda: loaded_service(app))
+    mount_chat_ui(app, lambda: loaded_service(app), tracker=loaded_tracker(app))
     return app
