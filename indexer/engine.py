@@ -15,6 +15,7 @@ import numpy as np
 
 from indexer.build import BuildResult, build_index
 from indexer.chunking import Chunk, SentenceKind
+from indexer.facts import FactSpan, Token
 from indexer.embedding import Embedder
 from indexer.korean import KoreanAnalyzer, get_analyzer
 from indexer.manifest import Manifest
@@ -92,6 +93,8 @@ class SentenceMatch:
     terms: tuple[str, ...]
     cosine: float
     page: str | None = None
+    # Dates, numbers with units, places and names in the sentence (document offsets), found at index time.
+    facts: tuple[FactSpan, ...] = ()
 
 
 class SearchEngine:
@@ -108,6 +111,7 @@ class SearchEngine:
         self._store = load_index(settings, embedder)
         self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
         self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
+        self.query_tokens = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_tokens)
         self._retriever = Retriever(
             self._store,
             self.embed_query,
@@ -131,10 +135,15 @@ class SearchEngine:
         """The Kiwi content morphemes of a question, for BM25 and lexical overlap."""
         return tuple(self.analyzer.content_morphemes(text))
 
+    def _query_tokens(self, text: str) -> tuple[Token, ...]:
+        """Kiwi's tokens of a question with POS tags and offsets, for working out what it asks for."""
+        return tuple(self.analyzer.tokens(text))
+
     def clear_caches(self) -> None:
         """Forget cached query vectors and morphemes (so a timed question pays for them, like a new one)."""
         self.embed_query.cache_clear()
         self.query_terms.cache_clear()
+        self.query_tokens.cache_clear()
 
     def search(
         self, query: str, top_k: int = 5, mode: SearchMode = "hybrid", docs: Collection[str] | None = None
@@ -179,6 +188,7 @@ class SearchEngine:
                         sentence.terms,
                         float(cosine),
                         sentence.page,
+                        sentence.facts,
                     )
                 )
         return matches

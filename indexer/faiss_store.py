@@ -122,7 +122,14 @@ def chunk_record(chunk: Chunk) -> dict:
         "end": chunk.end,
         "text": chunk.text,
         "sentences": [
-            {"start": s.start, "end": s.end, "kind": s.kind, "terms": list(s.terms), "page": s.page}
+            {
+                "start": s.start,
+                "end": s.end,
+                "kind": s.kind,
+                "terms": list(s.terms),
+                "page": s.page,
+                "facts": [{"kind": f.kind, "start": f.start, "end": f.end} for f in s.facts],
+            }
             for s in chunk.sentences
         ],
         "terms": list(chunk.terms),

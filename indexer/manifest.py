@@ -21,8 +21,8 @@ from indexer.settings import Settings
 
 # Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl;
 # 4: a store section, per-document chunk ranges, BM25 terms per chunk, float16 sentence vectors;
-# 5: the page of each chunk and sentence).
-FORMAT_VERSION = 5
+# 5: the page of each chunk and sentence; 6: each sentence's fact spans, its dates, numbers, places and names).
+FORMAT_VERSION = 6
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
 CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"

@@ -76,6 +76,11 @@ class AskResponse(BaseModel):
     answer_mode: Literal["extractive", "generative"] = "extractive"
     notes: list[str] = Field(default_factory=list, description="e.g. why a generative answer fell back")
     answer_id: str | None = Field(None, description="Names this answer in POST /v1/feedback (null when feedback is off)")
+    answer_type: str | None = Field(
+        None,
+        description="what the question asks for: date, percent, money, quantity, number, ordinal, place, person, "
+        "organization, name, definition, reason, manner or other",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -107,6 +112,7 @@ def ask_response(result: AskResult, answer_id: str | None = None) -> AskResponse
         answer_mode=result.answer_mode,
         notes=result.notes,
         answer_id=answer_id,
+        answer_type=result.answer_type,
     )
 
 

@@ -6,14 +6,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from indexer.engine import MAX_QUERY_CHARS, QueryError, SearchEngine, SearchRequest
+from indexer.facts import Token
 from indexer.retrieval import Passage
 from indexer.settings import SearchMode, Settings
-from service.answer import ABSTAIN_MESSAGE, Answer, Citation, extractive_answer
+from service.answer import ABSTAIN_MESSAGE, Answer, Citation, ExtractiveAnswerer
+from service.evidence import Evidence
 from service.grounding import check_generated_answer
 from service.llm import NOT_FOUND_REPLY, LLMAnswerer, LLMError, clean_markers
 
@@ -51,15 +54,38 @@ class AskResult:
     confidence: float = 0.0
     # A generative answer was asked for but the extractive one is given (LLM timeout, error, no markers).
     llm_fallback: bool = False
+    # What the question asks for (date, percent, place, name, definition, reason…), see service.question.
+    answer_type: str | None = None
 
 
-def retrieval_query(question: str, history: list[Turn], limit: int = MAX_QUERY_CHARS) -> str:
-    """The question preceded by the last user turns, so a follow-up keeps its subject.
+# Words that point back at an earlier turn ("그건 언제부터?", "그 회사는?", "what does it cost?").
+_ANAPHORA = re.compile(
+    r"(?:그|이|저)\s?(?:거|건|게|걸|것|곳|때|분|사람|회사|서비스|기술|제도|사업|방식)|거기|그럼|그러면|그렇다면|그래서|"
+    r"\b(?:it|its|that|this|they|them|those|these|there)\b",
+    re.IGNORECASE,
+)
+
+
+def is_follow_up(question: str, tokens: Sequence[Token]) -> bool:
+    """Whether a question leans on the conversation: it points back ("그건", "it") or names nothing itself.
+
+    A question with its own subject ("김치찌개 끓이는 법") after one about 마이데이터 is a new topic, and
+    is retrieved and judged on its own words.
+    """
+    if _ANAPHORA.search(question):
+        return True
+    return not any(token.tag in ("NNG", "NNP", "SL", "SH") for token in tokens)
+
+
+def retrieval_query(question: str, history: list[Turn], follow_up: bool = True, limit: int = MAX_QUERY_CHARS) -> str:
+    """The question preceded by the last user turns when it is a follow-up, so it keeps its subject.
 
     The question is kept whole; earlier turns fill what is left of `limit`, newest first, the
     oldest one kept cut to its end: a long conversation is trimmed, never refused.
     """
     question = question.strip()
+    if not follow_up:
+        return question
     earlier = [turn.content.strip() for turn in history if turn.role == "user" and turn.content.strip()]
     kept: list[str] = []
     room = limit - len(question)
@@ -76,9 +102,13 @@ def retrieval_query(question: str, history: list[Turn], limit: int = MAX_QUERY_C
 class QAService:
     """Owns the search engine and the optional LLM; answers questions."""
 
-    def __init__(self, engine: SearchEngine, llm: LLMAnswerer | None = None) -> None:
+    def __init__(
+        self, engine: SearchEngine, llm: LLMAnswerer | None = None, answerer: ExtractiveAnswerer | None = None
+    ) -> None:
         self.engine = engine
         self.llm = llm
+        # The one answer-or-decline decision of every caller (API, chat, CLI, evaluation).
+        self.answerer = answerer or ExtractiveAnswerer(engine)
 
     @classmethod
     def load(cls, settings: Settings) -> QAService:
@@ -90,6 +120,34 @@ class QAService:
             )
         return cls(SearchEngine.load(settings), llm)
 
+    def _retrieve(
+        self,
+        question: str,
+        top_k: int,
+        mode: SearchMode,
+        history: list[Turn] | None,
+        docs: Collection[str] | None = None,
+    ) -> tuple[SearchRequest, list[Turn], str, list[Passage]]:
+        # validates the question alone
+        request = SearchRequest(query=question, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
+        history = usable_history(history or [])
+        follow_up = bool(history) and is_follow_up(request.query, self.engine.query_tokens(request.query.strip()))
+        query = retrieval_query(request.query, history, follow_up)
+        passages = self.engine.search(query, top_k=request.top_k, mode=request.mode, docs=request.docs)
+        return request, history, query, passages
+
+    def evidence(
+        self,
+        question: str,
+        top_k: int = 5,
+        mode: SearchMode = "hybrid",
+        history: list[Turn] | None = None,
+        docs: Collection[str] | None = None,
+    ) -> Evidence:
+        """What `ask` decides on for this question: its candidates, quote and signals (for fitting the model)."""
+        request, _, query, passages = self._retrieve(question, top_k, mode, history, docs)
+        return self.answerer.evidence(request.query, query, passages)
+
     def ask(
         self,
         question: str,
@@ -99,14 +157,10 @@ class QAService:
         docs: Collection[str] | None = None,
     ) -> AskResult:
         """Answer `question` from the library (or only `docs`); raises QueryError for unusable input."""
-        # validates the question alone
-        request = SearchRequest(query=question, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
-        history = usable_history(history or [])
-        query = retrieval_query(request.query, history)
         started = time.perf_counter()
-        passages = self.engine.search(query, top_k=request.top_k, mode=request.mode, docs=request.docs)
+        request, history, query, passages = self._retrieve(question, top_k, mode, history, docs)
         retrieved = time.perf_counter()
-        extractive = extractive_answer(self.engine, query, passages)
+        extractive = self.answerer.answer(request.query, query, passages)
         result = self._from_answer(extractive)
         if self.llm is not None and not extractive.abstained:
             result = self._generate(request.query, query, passages, history, result)
@@ -126,6 +180,7 @@ class QAService:
             passages=answer.passages,
             timings_ms={},
             confidence=round(answer.confidence, 4),
+            answer_type=answer.answer_type,
         )
 
     def _generate(
@@ -141,7 +196,10 @@ class QAService:
             fallback.llm_fallback = True
             return fallback
         if NOT_FOUND_REPLY in raw:
-            return AskResult(ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence)
+            return AskResult(
+                ABSTAIN_MESSAGE, True, [], passages, {}, "generative", confidence=fallback.confidence,
+                answer_type=fallback.answer_type,
+            )
         # Served only if every claim is supported by the passage it cites (an instruction hidden in a
         # passage can make a model cite anything).
         grounding = check_generated_answer(self.engine, raw, passages)
@@ -154,7 +212,10 @@ class QAService:
             fallback.llm_fallback = True
             return fallback
         text, _ = clean_markers(raw, len(passages))
-        return AskResult(text, False, grounding.citations, passages, {}, "generative", confidence=fallback.confidence)
+        return AskResult(
+            text, False, grounding.citations, passages, {}, "generative", confidence=fallback.confidence,
+            answer_type=fallback.answer_type,
+        )
 
 
 def usable_history(history: list[Turn]) -> list[Turn]:

@@ -276,3 +276,12 @@ def test_mask_secrets_hides_the_key_in_any_shape() -> None:
     assert key not in masked and "abcdefgh12345678" not in masked and "sk-proj-AbCdEf123456" not in masked
     assert masked.count("***") == 3 and masked.startswith("401: key ***")
     assert mask_secrets("no secrets here", ("not-needed",)) == "no secrets here"
+def test_the_abstention_decision_gates_the_model(engine: SearchEngine, llm_server) -> None:
+    """A question the book does not answer is declined before any LLM call, as for extractive answers."""
+    server, behaviour = llm_server
+    behaviour.update(reply="맨디언트 본사는 서울에 있습니다 [1].", delay=0.0)
+    before = len(behaviour["requests"])
+    result = service_for(engine, server).ask("맨디언트 본사는 어디에 있어?")
+    assert result.abstained and result.answer_mode == "extractive"
+    assert "나오지 않습니다" in result.answer
+    assert len(behaviour["requests"]) == before

@@ -69,6 +69,7 @@ CSS = """
 .bq-cite-head, .bq-path { font-weight: 600; font-size: 0.85rem; color: var(--body-text-color-subdued); }
 .bq-context { margin: 0.4rem 0; white-space: pre-wrap; }
 .bq-quote, .bq-text mark { background: #ffe58a; color: #222; padding: 0 2px; border-radius: 3px; }
+.bq-answer { background: #ffc53d; font-weight: 700; border-radius: 3px; padding: 0 1px; }
 .bq-offsets { font-size: 0.75rem; color: var(--body-text-color-subdued); }
 .bq-passages { padding-left: 1.2rem; }
 .bq-passage { margin-bottom: 0.7rem; }
