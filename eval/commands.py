@@ -1,4 +1,4 @@
-"""The evaluator's command of the `bookqa` command line: `eval`.
+"""The evaluator's commands of the `bookqa` command line: `eval`, and the `bench` group (`bench scale`).
 
 It reaches `bookqa` through the `bookqa.commands` entry points in pyproject.toml, so the CLI
 root needs no import of this package.
@@ -22,11 +22,15 @@ def evaluate_gold(
     out: Annotated[Path, typer.Option("--out", help="결과 폴더 (run.jsonl, metrics.json, report.md, report.png)")],
     modes: Annotated[str, typer.Option("--modes", help="쉼표로 구분한 검색 방식")] = "hybrid,dense,bm25",
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="검색 지표에 쓸 구절 수 (10 이상)")] = 10,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", help="비교할 이전 metrics.json (기본: 결과 폴더의 baseline.json이 있으면 그것)"),
+    ] = None,
 ) -> None:
     """Evaluate retrieval and answers on a gold question file, for every mode; writes a report and a chart."""
-    from eval.evaluate import evaluate
+    from eval.evaluate import BASELINE_FILE, evaluate
     from eval.gold import GoldFileError, load_gold
-    from eval.report import RETRIEVAL_COLUMNS
+    from eval.report import RETRIEVAL_COLUMNS, read_baseline
     from indexer.engine import MAX_TOP_K
     from indexer.settings import SEARCH_MODES
     from service.qa import QAService
@@ -44,9 +48,16 @@ def evaluate_gold(
         questions = load_gold(gold)
     except GoldFileError as error:
         raise fail(error, EXIT_BAD_INPUT) from error
+    if baseline is None and (out / BASELINE_FILE).is_file():
+        baseline = out / BASELINE_FILE
+    if baseline is not None:
+        try:
+            read_baseline(baseline)
+        except ValueError as error:
+            raise fail(error, EXIT_BAD_INPUT) from error
     qa = load_or_exit(QAService.load, ctx.obj)
     try:
-        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k)
+        result = evaluate(qa, questions, gold, out, chosen, top_k=top_k, baseline=baseline)
     except OSError as error:
         raise fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
     for m in result.metrics:
@@ -60,13 +71,16 @@ def evaluate_gold(
     console.print(f"질문 {len(questions)}개, {result.elapsed_seconds:.0f}초. 결과: {out}/report.md")
 
 
-bench_app = typer.Typer(
-    help="성능 측정: 서비스 전체(기본), 임베딩 백엔드 비교(backends).", no_args_is_help=False, add_completion=False
+# `bookqa bench`: the service as users meet it; its subcommands measure one thing each.
+bench = typer.Typer(
+    help="성능 측정: 서비스 전체(기본), 임베딩 백엔드 비교(backends), 합성 서가의 검색 규모(scale), FAISS와 Milvus(stores).",
+    no_args_is_help=False,
+    add_completion=False,
 )
 
 
-@bench_app.callback(invoke_without_command=True)
-def bench(
+@bench.callback(invoke_without_command=True)
+def bench_service(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="결과 폴더 (bench.json, bench.md, bench.png)")] = Path("eval/results"),
     gold: Annotated[Path, typer.Option("--gold", help="질문을 만들 골드 파일")] = Path("eval/gold/qa.jsonl"),
@@ -110,7 +124,7 @@ def bench(
     console.print(f"결과: {', '.join(str(p) for p in paths)}")
 
 
-@bench_app.command("backends")
+@bench.command("backends")
 def bench_backends(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="결과 폴더 (backends.json, backends.md)")] = Path("eval/results"),
@@ -131,3 +145,125 @@ def bench_backends(
     results = compare_backends(ctx.obj, questions, chunks)
     path = write_backends(out, results)
     console.print(path.read_text(encoding="utf-8"), soft_wrap=True)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """`10k,100k,1M` or `10000,100000` → chunk counts (BadParameter on anything else)."""
+    sizes = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        factor = {"k": 1_000, "m": 1_000_000}.get(part[-1], 1)
+        number = part[:-1] if factor > 1 else part
+        if not number.isdigit() or int(number) * factor < 1:
+            raise typer.BadParameter(f"청크 수가 아닙니다: {part!r} (예: 10k,100k,1M)")
+        sizes.append(int(number) * factor)
+    if not sizes:
+        raise typer.BadParameter("청크 수를 하나 이상 주세요 (예: 10k,100k,1M)")
+    return sizes
+
+
+@bench.command("scale")
+def bench_scale(
+    ctx: typer.Context,
+    chunks: Annotated[str, typer.Option("--chunks", help="합성 서가의 청크 수, 쉼표로 (예: 10k,100k,1M)")] = "10k,100k,1M",
+    gold: Annotated[Path, typer.Option("--gold", help="질문으로 쓸 골드 파일")] = Path("eval/gold/qa.jsonl"),
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="합성 색인을 만들 폴더")] = Path(".bookqa/bench-scale"),
+    embed_max: Annotated[int, typer.Option("--embed-max", help="이 크기까지는 청크 벡터를 실제 모델로 만듭니다")] = 10_000,
+    approximate: Annotated[str, typer.Option("--approximate", help="근사 색인: ivf (기본) 또는 hnsw")] = "ivf",
+    max_minutes: Annotated[float, typer.Option("--max-minutes", help="전체 시간 한도(분); 넘으면 남은 크기는 건너뜁니다")] = 90.0,
+    keep: Annotated[bool, typer.Option("--keep", help="합성 색인을 지우지 않습니다")] = False,
+) -> None:
+    """Build synthetic libraries of N chunks and print one JSON line per size: build time, size, memory, latency, recall."""
+    import json
+    import time
+
+    from eval.bench_scale import run_scale
+    from eval.gold import GoldFileError, load_gold
+    from indexer.engine import SearchEngine, ensure_index
+    from indexer.corpus import CorpusError
+    from indexer.embedding import EmbedderError
+    from indexer.manifest import IndexLoadError
+
+    sizes = parse_sizes(chunks)
+    if approximate not in ("hnsw", "ivf"):
+        raise fail(ValueError(f"--approximate는 hnsw 또는 ivf입니다: {approximate}"), EXIT_BAD_INPUT)
+    try:
+        questions = [q.question for q in load_gold(gold)]
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    settings = ctx.obj.model_copy(update={"store": "faiss"})
+    try:
+        ensure_index(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    engine = load_or_exit(SearchEngine.load, settings)
+    deadline = time.monotonic() + max_minutes * 60
+    for figures in run_scale(
+        engine, sizes, work_dir, questions, embed_max, approximate, settings.exact_max_chunks, keep, deadline
+    ):
+        typer.echo(json.dumps(figures, ensure_ascii=False))
+
+
+@bench.command("stores")
+def bench_stores(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일")] = Path("eval/gold/qa.jsonl"),
+) -> None:
+    """The gold set's retrieval through the FAISS store and through Milvus Lite: one JSON line per variant."""
+    import json
+
+    from eval.bench_stores import compare_stores
+    from eval.gold import GoldFileError, load_gold
+    from indexer.corpus import CorpusError
+    from indexer.embedding import EmbedderError
+    from indexer.engine import SearchEngine, ensure_index
+    from indexer.manifest import IndexLoadError
+
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    settings = ctx.obj.model_copy(update={"store": "faiss"})
+    try:
+        ensure_index(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    engine = load_or_exit(SearchEngine.load, settings)
+    for figures in compare_stores(settings, engine, questions):
+        typer.echo(json.dumps(figures, ensure_ascii=False))
+
+
+def fit_abstention(
+    ctx: typer.Context,
+    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일 (JSONL); dev 부분으로만 학습합니다")] = Path(
+        "eval/gold/qa.jsonl"
+    ),
+    out: Annotated[Optional[Path], typer.Option("--out", help="모델 파일 (기본: service/abstention_model.json)")] = None,
+    ablation: Annotated[
+        Optional[Path], typer.Option("--ablation", help="신호 그룹별 제거 실험 결과(test 부분)를 쓸 Markdown 파일")
+    ] = None,
+) -> None:
+    """Refit the abstention model on the gold set's dev part (and optionally write the signal ablation)."""
+    from eval.fit_abstention import ablation as run_ablation
+    from eval.fit_abstention import ablation_markdown, fit_on_gold, write_model
+    from eval.gold import GoldFileError, load_gold
+    from service.abstention import MODEL_PATH
+    from service.qa import QAService
+
+    try:
+        questions = load_gold(gold)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+    qa = load_or_exit(QAService.load, ctx.obj)
+    model = fit_on_gold(qa, questions, gold)
+    target = out or MODEL_PATH
+    try:
+        write_model(target, model)
+        if ablation is not None:
+            ablation.write_text(ablation_markdown(run_ablation(qa, questions)), encoding="utf-8")
+    except OSError as error:
+        raise fail(ValueError(f"결과를 쓸 수 없습니다: {error}"), EXIT_UNUSABLE) from error
+    console.print(
+        f"답변 판단 모델: dev 질문 {model.fitted_on['questions']}개로 학습, 문턱값 {model.threshold:.2f} → {target}"
+    )
+    if ablation is not None:
+        console.print(f"신호 제거 실험: {ablation}")

@@ -12,13 +12,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from eval.gold import GoldQuestion
-from eval.report import ReportContext, write_metrics_json, write_report_md, write_report_png
+from eval.report import ReportContext, read_baseline, write_metrics_json, write_report_md, write_report_png
 from eval.runner import ANSWER_TOP_K, run_all, write_runs
-from eval.scoring import ModeMetrics, score_runs, unfindable_questions
+from eval.scoring import ModeMetrics, grouped_metrics, score_runs, unfindable_questions
 from indexer.settings import SearchMode
 from service.qa import QAService
 
 RUN_FILE, METRICS_FILE, REPORT_MD, REPORT_PNG = "run.jsonl", "metrics.json", "report.md", "report.png"
+# An earlier metrics.json in the output folder under this name is shown as "before" beside the new figures.
+BASELINE_FILE = "baseline.json"
+# Answers are broken down by split, kind, language and style in the mode `/v1/ask` uses by default.
+BREAKDOWN_MODE = "hybrid"
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,15 @@ def evaluate(
     modes: Sequence[SearchMode],
     top_k: int = 10,
     show_progress: bool = True,
+    baseline: Path | None = None,
 ) -> EvaluationResult:
     """Run the gold questions through `qa` in every mode, score them and write the four output files.
 
     The caller loads and validates the gold file (so a bad one fails before the model loads); `gold_path` is recorded.
+    `baseline` is an earlier metrics.json to compare with (default: `baseline.json` in `out_dir` when there is one).
     """
+    baseline = baseline or (out_dir / BASELINE_FILE if (out_dir / BASELINE_FILE).is_file() else None)
+    before = read_baseline(baseline) if baseline else {}
     started = time.perf_counter()
     runs = run_all(qa, gold, modes, top_k, show_progress=show_progress)
     chunks = list(qa.engine.chunks())
@@ -79,10 +87,22 @@ def evaluate(
         elapsed_seconds=elapsed,
         index=index_summary(qa),
         unfindable_question_ids=unfindable,
+        groups_mode=BREAKDOWN_MODE if BREAKDOWN_MODE in modes else None,
+        groups=grouped_metrics(runs, gold, BREAKDOWN_MODE) if BREAKDOWN_MODE in modes else {},
+        baseline=before,
+        baseline_label=_baseline_label(baseline) if baseline else "",
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_runs(out_dir / RUN_FILE, runs)
     write_metrics_json(out_dir / METRICS_FILE, metrics, context)
     write_report_md(out_dir / REPORT_MD, metrics, context)
-    write_report_png(out_dir / REPORT_PNG, metrics)
+    write_report_png(out_dir / REPORT_PNG, metrics, context)
     return EvaluationResult(metrics, out_dir, elapsed, unfindable)
+
+
+def _baseline_label(path: Path) -> str:
+    """Where the "before" figures come from, as the report names them."""
+    import json
+
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return payload.get("label") or f"`{path}` ({payload.get('created_at', 'undated')})"

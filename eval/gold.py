@@ -17,7 +17,12 @@ REQUIRED_FIELDS: dict[str, type] = {
     "evidence": list,
     "answerable": bool,
 }
-OPTIONAL_FIELDS: dict[str, type] = {"kind": str, "part": str}
+OPTIONAL_FIELDS: dict[str, type] = {"kind": str, "part": str, "lang": str, "style": str, "split": str}
+# The kinds of eval/gold/qa.jsonl: what a question asks for (answerable) or why the book cannot answer it.
+KINDS = ("fact", "number", "date", "definition", "list", "why/how", "comparison", "heading", "near-topic", "off-topic")
+UNANSWERABLE_KINDS = ("near-topic", "off-topic")
+# dev: what anything fitted or tuned may see; test: what figures are reported on.
+SPLITS = ("dev", "test")
 _TYPE_NAMES = {str: "문자열", list: "문자열 목록", bool: "true/false"}
 
 
@@ -50,6 +55,10 @@ class GoldQuestion:
     kind: str | None = None
     part: str | None = None
     line: int = 0
+    # ko or en; book (the book's wording), paraphrase or colloquial; dev or test.
+    lang: str | None = None
+    style: str | None = None
+    split: str | None = None
 
 
 def parse_gold_line(raw: str, line: int, path: Path) -> GoldQuestion:
@@ -82,6 +91,8 @@ def parse_gold_line(raw: str, line: int, path: Path) -> GoldQuestion:
         for position, item in enumerate(record[name], start=1):
             if not isinstance(item, str) or not item.strip():
                 raise GoldFileError(path, line, f"'{name}'의 {position}번째 항목이 비어 있지 않은 문자열이 아닙니다")
+    if record.get("split") is not None and record["split"] not in SPLITS:
+        raise GoldFileError(path, line, f"'split'은 {'/'.join(SPLITS)} 중 하나여야 합니다 (받은 값: {record['split']})")
     if not record["id"].strip():
         raise GoldFileError(path, line, "'id'가 비어 있습니다")
     if not record["question"].strip():
@@ -99,6 +110,9 @@ def parse_gold_line(raw: str, line: int, path: Path) -> GoldQuestion:
         kind=record.get("kind"),
         part=record.get("part"),
         line=line,
+        lang=record.get("lang"),
+        style=record.get("style"),
+        split=record.get("split"),
     )
 
 

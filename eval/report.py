@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.scoring import ModeMetrics
+from eval.scoring import GroupMetrics, ModeMetrics, Target, answer_targets
 
 RELEVANCE_NOTE = (
     "A passage is relevant iff its text contains any evidence string of the question (binary relevance). "
@@ -59,6 +59,39 @@ class ReportContext:
     elapsed_seconds: float
     index: dict[str, object]
     unfindable_question_ids: list[str] = field(default_factory=list)
+    # Answer figures per split and group, in the mode users get by default (see eval.scoring.grouped_metrics).
+    groups_mode: str | None = None
+    groups: dict[str, dict[str, GroupMetrics]] = field(default_factory=dict)
+    # The same figures from an earlier metrics.json (the system before a change), shown beside them.
+    baseline: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    baseline_label: str = ""
+
+
+# (GroupMetrics field, column title) of the per-group tables.
+GROUP_COLUMNS = (
+    ("answer_containment", "containment"),
+    ("false_abstention_rate", "false abst."),
+    ("abstention_precision", "abst. P"),
+    ("abstention_recall", "abst. R"),
+)
+TARGET_SPLIT = "test"
+
+
+def read_baseline(path: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """The per-split group figures of an earlier metrics.json ({} when it has none); ValueError if unreadable."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"기준 결과를 읽을 수 없습니다 ({path}): {error}") from error
+    return payload.get("answers_by_group", {}).get("splits", {})
+
+
+def _targets(groups: dict[str, dict[str, object]] | dict[str, GroupMetrics]) -> list[Target]:
+    figures = {
+        name: value if isinstance(value, GroupMetrics) else GroupMetrics(**value)  # type: ignore[arg-type]
+        for name, value in groups.items()
+    }
+    return answer_targets(figures)
 
 
 def write_metrics_json(path: Path, metrics: Sequence[ModeMetrics], context: ReportContext) -> None:
@@ -68,6 +101,18 @@ def write_metrics_json(path: Path, metrics: Sequence[ModeMetrics], context: Repo
         "relevance": RELEVANCE_NOTE,
         "modes": {m.mode: {k: v for k, v in asdict(m).items() if k != "mode"} for m in metrics},
     }
+    payload.pop("groups")
+    payload.pop("baseline")
+    if context.groups:
+        payload["answers_by_group"] = {
+            "mode": context.groups_mode,
+            "splits": {split: {name: asdict(g) for name, g in groups.items()} for split, groups in context.groups.items()},
+        }
+        split = TARGET_SPLIT if TARGET_SPLIT in context.groups else "all"
+        payload["targets"] = {
+            "split": split,
+            "figures": [{**asdict(t), "met": t.met} for t in _targets(context.groups[split])],
+        }
     path.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
@@ -85,6 +130,53 @@ def _table(metrics: Sequence[ModeMetrics], columns: Sequence[tuple[str, str]]) -
     for m in metrics:
         row = asdict(m)
         lines.append(f"| {m.mode} | " + " | ".join(_cell(row[name]) for name, _ in columns) + " |")
+    return lines
+
+
+def _target_lines(context: ReportContext) -> list[str]:
+    split = TARGET_SPLIT if TARGET_SPLIT in context.groups else "all"
+    after = _targets(context.groups[split])
+    before = _targets(context.baseline[split]) if split in context.baseline else None
+    lines = [
+        f"## Targets of trustworthy answers ({split} part, {context.groups_mode})",
+        "",
+        "| figure | before | now | target | met |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    for i, target in enumerate(after):
+        bound = f"{'≥' if target.at_least else '≤'} {target.bound:.2f}"
+        was = _cell(before[i].value) if before else "n/a"
+        met = {True: "yes", False: "**no**", None: "n/a"}[target.met]
+        lines.append(f"| {target.name} | {was} | {_cell(target.value)} | {bound} | {met} |")
+    if before:
+        lines += ["", f"*before*: {context.baseline_label}"]
+    return lines
+
+
+def _shown_splits(context: ReportContext) -> list[str]:
+    """Test first (the figures of record), then dev; a gold file without splits shows its whole set."""
+    splits = sorted((s for s in context.groups if s != "all"), key=lambda s: (s != TARGET_SPLIT, s))
+    return splits or ["all"]
+
+
+def _group_lines(context: ReportContext, split: str) -> list[str]:
+    groups = context.groups[split]
+    before = context.baseline.get(split, {})
+    titles = " | ".join(f"{title} before | {title} now" if before else title for _, title in GROUP_COLUMNS)
+    lines = [
+        f"### {split} part" if split != "all" else "### all questions",
+        "",
+        f"| group | questions | answerable | {titles} |",
+        "|---|---:|---:|" + "---:|" * (len(GROUP_COLUMNS) * (2 if before else 1)),
+    ]
+    for name, figures in groups.items():
+        row = asdict(figures)
+        cells = []
+        for column, _ in GROUP_COLUMNS:
+            if before:
+                cells.append(_cell(before.get(name, {}).get(column)))
+            cells.append(_cell(row[column]))
+        lines.append(f"| {name} | {figures.n_questions} | {figures.n_answerable} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -109,6 +201,13 @@ def render_markdown(metrics: Sequence[ModeMetrics], context: ReportContext) -> s
         "",
         *_table([m for m in metrics if m.answer_containment is not None], ANSWER_COLUMNS),
         "",
+        *(_target_lines(context) + [""] if context.groups else []),
+        *(
+            [f"## Answers by kind, language and wording ({context.groups_mode})", ""]
+            + [line for split in _shown_splits(context) for line in [*_group_lines(context, split), ""]]
+            if context.groups
+            else []
+        ),
         "## What the metrics mean",
         "",
         f"- **Relevance.** {RELEVANCE_NOTE}",
@@ -118,7 +217,13 @@ def render_markdown(metrics: Sequence[ModeMetrics], context: ReportContext) -> s
         "answer, case-insensitive. **token F1**: F1 of the answer's Kiwi content morphemes against a gold "
         "answer's (best gold answer; abstention = 0), over answerable questions.",
         "- **abstention P**: of the abstentions, the share on unanswerable questions. **abstention R**: of the "
-        "unanswerable questions, the share abstained on.",
+        "unanswerable questions, the share abstained on. **false abst.**: of the answerable questions, the share "
+        "abstained on (containment counts these as misses).",
+        "- **Groups**: `kind:` what a question asks for (fact, number, date, definition, list, why/how, comparison, "
+        "heading = answered only by a heading or the table of contents) or why the book cannot answer it "
+        "(near-topic: the book names the subject but not the asked fact; off-topic); `lang:` ko or en; `style:` "
+        "book (the book's own words), paraphrase, colloquial. The dev part is what anything fitted or tuned saw; "
+        "the test part is what the figures of record are.",
         "- **p50/p95 ms**: wall time of one `QAService.ask` call (retrieval + answer, query embedding not cached).",
         "- **bm25-whitespace** is a reference, not a service mode: BM25 (bm25s) over lower-cased "
         "whitespace-split words of the same chunk texts, to show what Kiwi morphemes add. Retrieval only.",
@@ -142,19 +247,37 @@ def write_report_md(path: Path, metrics: Sequence[ModeMetrics], context: ReportC
     path.write_text(render_markdown(metrics, context), encoding="utf-8")
 
 
-def write_report_png(path: Path, metrics: Sequence[ModeMetrics]) -> None:
+# (group, GroupMetrics field, bar label) of the chart's before/now panel, on the test part.
+CHART_GROUPS = (
+    ("all", "answer_containment", "containment"),
+    ("all", "false_abstention_rate", "false abst."),
+    ("all", "abstention_precision", "abst. precision"),
+    ("kind:near-topic", "abstention_recall", "near-topic R"),
+    ("kind:off-topic", "abstention_recall", "off-topic R"),
+    ("lang:ko", "answer_containment", "Korean cont."),
+    ("lang:en", "answer_containment", "English cont."),
+)
+
+
+def write_report_png(path: Path, metrics: Sequence[ModeMetrics], context: ReportContext | None = None) -> None:
     """report.png: grouped bars, one group per metric, one bar per mode (English labels, no Korean font needed).
 
-    A metric a mode does not have (answers of the reference) is left out and marked n/a.
+    A metric a mode does not have (answers of the reference) is left out and marked n/a. With per-group
+    figures, a second panel shows the test part's answer figures now and before (the baseline).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = context.groups if context else {}
+    split = TARGET_SPLIT if TARGET_SPLIT in groups else "all"
     n_modes = len(metrics)
     width = 0.8 / max(n_modes, 1)
-    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
+    if groups:
+        fig, (ax, panel) = plt.subplots(2, 1, figsize=(10, 9.5), dpi=120)
+    else:
+        fig, ax = plt.subplots(figsize=(10, 5.2), dpi=120)
     colors = plt.get_cmap("tab10").colors
     for i, m in enumerate(metrics):
         row = asdict(m)
@@ -176,6 +299,28 @@ def write_report_png(path: Path, metrics: Sequence[ModeMetrics]) -> None:
     ax.set_title(f"bookqa retrieval and answers by mode ({metrics[0].n_answerable} answerable questions)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    if groups:
+        assert context is not None
+        series = [("now", groups[split], "tab:blue")]
+        if split in context.baseline:
+            series.insert(0, ("before", context.baseline[split], "tab:grey"))
+        bar = 0.8 / len(series)
+        for k, (label, figures, color) in enumerate(series):
+            for j, (group, name, _) in enumerate(CHART_GROUPS):
+                found = figures.get(group)
+                value = (getattr(found, name) if isinstance(found, GroupMetrics) else (found or {}).get(name)) if found else None
+                x = j - 0.4 + bar * (k + 0.5)
+                if value is None:
+                    panel.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=8, rotation=90, color="dimgrey")
+                    continue
+                panel.bar(x, value, bar, color=color, label=label if j == 0 else None)
+                panel.text(x, value + 0.01, f"{value:.2f}", ha="center", va="bottom", fontsize=7, rotation=90)
+        panel.set_xticks(range(len(CHART_GROUPS)), [label for _, _, label in CHART_GROUPS], fontsize=8)
+        panel.set_ylim(0, 1.12)
+        panel.set_title(f"answers on the {split} part ({context.groups_mode}): before and now")
+        panel.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series), fontsize=9)
+        panel.grid(axis="y", alpha=0.3)
+        panel.set_axisbelow(True)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

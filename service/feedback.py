@@ -292,17 +292,19 @@ class AnswerTracker:
         self._index_version = index_version
 
     def ask(
-        self, qa: QAService, question: str, top_k: int, mode: SearchMode, history: list[Turn], channel: str
+        self, qa: QAService, question: str, top_k: int, mode: SearchMode, history: list[Turn], channel: str,
+        docs: Sequence[str] | None = None,
     ) -> tuple[AskResult, str | None]:
         """`qa.ask`, then `answered`: one call, so the API hands a request to a worker thread once, not twice."""
-        result = qa.ask(question, top_k, mode, history)
+        result = qa.ask(question, top_k, mode, history, docs)
         return result, self.answered(question, history, result, channel)
 
     def ask_stream(
-        self, qa: QAService, question: str, top_k: int, mode: SearchMode, history: list[Turn], channel: str
+        self, qa: QAService, question: str, top_k: int, mode: SearchMode, history: list[Turn], channel: str,
+        docs: Sequence[str] | None = None,
     ) -> Iterator[str | Answered]:
         """`qa.ask_stream`'s text pieces as they come, then `Answered` once the result is counted and remembered."""
-        for item in qa.ask_stream(question, top_k, mode, history):
+        for item in qa.ask_stream(question, top_k, mode, history, docs):
             if isinstance(item, AskResult):
                 yield Answered(item, self.answered(question, history, item, channel))
             else:

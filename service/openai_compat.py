@@ -14,17 +14,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from indexer.engine import MAX_TOP_K, QueryError
+from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
 from indexer.formats import page_label
-from service.answer import Citation
+from service.answer import Citation, stream_pieces
 from service.feedback import Answered, AnswerTracker
+from service.guard import NOT_BLANK, ErrorResponse, strict_int
 from service.observability import add_log_fields
 from service.qa import AskResult, QAService, Turn
 
@@ -33,6 +34,23 @@ MODEL_ID = "bookqa"
 FOOTNOTE_RULE = "\n\n---\n"
 MAX_MESSAGES = 100
 MAX_MESSAGE_CHARS = 8000
+_TEXT = {"type": "string", "pattern": NOT_BLANK, "maxLength": MAX_QUERY_CHARS}
+USER_QUESTION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"const": "user"},
+        "content": {
+            "anyOf": [
+                _TEXT,
+                {
+                    "type": "array",
+                    "contains": {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": _TEXT}},
+                },
+            ]
+        },
+    },
+}
 
 
 class ContentPart(BaseModel):
@@ -46,7 +64,7 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] | list[ContentPart] | None = None
 
     def text(self) -> str:
         """The message's text (text parts joined; images and other parts ignored)."""
@@ -61,11 +79,16 @@ class ChatCompletionRequest(BaseModel):
     """The OpenAI request; sampling options (temperature, max_tokens…) are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow")
-    model: str = Field(MODEL_ID, examples=[MODEL_ID])
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
-    stream: bool = False
+    model: str = Field(MODEL_ID, examples=[MODEL_ID], json_schema_extra={"enum": [MODEL_ID]})
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        max_length=MAX_MESSAGES,
+        # The schema says what the server needs: a user message with text (the last such is the question).
+        json_schema_extra={"contains": USER_QUESTION_SCHEMA},
+    )
+    stream: StrictBool = False
     # bookqa's own options, sent as extra body fields (`extra_body={"top_k": 8}` in the openai client).
-    top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    top_k: Annotated[int, BeforeValidator(strict_int)] = Field(5, ge=1, le=MAX_TOP_K)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
 
     @field_validator("model")
@@ -82,12 +105,11 @@ def question_and_history(messages: list[ChatMessage]) -> tuple[str, list[Turn]]:
     System messages are the front-end's instructions to a general model; bookqa answers from the
     book alone, so they are left out. Footnotes of earlier bookqa replies are cut from the history.
     """
-    last_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i].role == "user"), None)
-    if last_user is None:
-        raise QueryError("messages에 사용자(user) 질문이 없습니다.")
+    asked = [i for i, message in enumerate(messages) if message.role == "user" and message.text().strip()]
+    if not asked:
+        raise QueryError("messages에 내용이 있는 사용자(user) 질문이 없습니다.")
+    last_user = asked[-1]
     question = messages[last_user].text().strip()
-    if not question:
-        raise QueryError("질문이 비어 있습니다.")
     history = []
     for message in messages[:last_user]:
         if message.role not in ("user", "assistant"):
@@ -121,11 +143,26 @@ def extra_fields(result: AskResult, answer_id: str | None) -> dict[str, Any]:
     }
 
 
-REPLACED_NOTE = "(위의 생성형 답변은 근거 확인을 통과하지 못해, 책에서 발췌한 아래 답변으로 대신합니다.)"
-
-
 def _log_answer(request: Request, result: AskResult, answer_id: str | None) -> None:
     add_log_fields(request.scope["state"], answer_id=answer_id, answer_mode=result.answer_mode, abstained=result.abstained)
+
+
+_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A `chat.completion` object, or with `stream: true` server-sent `chat.completion.chunk` events ending in `data: [DONE]`",
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["id", "object", "choices"]}},
+            # Before OpenAPI 3.2, the schema of an event stream describes each event: `data:` only.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}},
+                }
+            },
+        },
+    }
+}
 
 
 def openai_router(
@@ -143,13 +180,13 @@ def openai_router(
         """bookqa as the one model of an OpenAI-compatible server."""
         return {"object": "list", "data": [_model_card(created())]}
 
-    @router.get("/v1/models/{model_id}")
+    @router.get("/v1/models/{model_id}", responses={404: {"model": ErrorResponse, "description": "그런 모델이 없습니다"}})
     async def model(model_id: str) -> JSONResponse:
         if model_id != MODEL_ID:
             return JSONResponse({"error": f"모델이 없습니다: {model_id} (가능: {MODEL_ID})"}, status_code=404)
         return JSONResponse(_model_card(created()))
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post("/v1/chat/completions", response_model=None, responses=_COMPLETION_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
         """Answer the last user message from the book, in the OpenAI chat-completions format."""
         qa = get_service()
@@ -196,16 +233,12 @@ def openai_router(
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             item: str | Answered = first
-            streamed = ""
             while not isinstance(item, Answered):
-                streamed += item
-                yield chunk({"content": item})
+                for piece in stream_pieces(item):
+                    yield chunk({"content": piece})
                 item = await run_in_threadpool(next, items)
             result, answer_id = item.result, item.answer_id
             _log_answer(request, result, answer_id)
-            if result.answer != streamed.strip():
-                # What streamed was a generated answer that failed its checks: the final answer follows it.
-                yield chunk({"content": f"\n\n---\n{REPLACED_NOTE}\n\n{result.answer}"})
             notes = footnotes(result.citations)
             if notes:
                 yield chunk({"content": notes})

@@ -56,3 +56,33 @@ def private_settings(tmp_path: Path, book_settings: Settings, engine: SearchEngi
     index_dir = tmp_path / "index"
     shutil.copytree(book_settings.index_dir, index_dir)
     return book_settings.model_copy(update={"corpus_dir": corpus, "index_dir": index_dir})
+
+
+# Three passages of the book (NFT, 마이데이터, 스마트 팩토리): an index of them builds in seconds.
+TINY_TOPICS = ("NFT(Non-Fungible Token)는", "마이데이터는 정보 주체가", "스마트 팩토리는 제품의")
+
+
+def write_tiny_corpus(folder: Path, extra: str = "") -> Path:
+    """A small corpus cut from the book (plus `extra` text as a document of its own), for tests that build."""
+    book = (CORPUS / "digital-trend-2023.txt").read_text(encoding="utf-8")
+    parts = []
+    for topic in TINY_TOPICS:
+        at = book.index(topic)
+        start = book.rfind("\n", 0, at) + 1
+        end = book.find("\n", at + 600)
+        parts.append(book[start:end].strip())
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "excerpts.txt").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    if extra:
+        (folder / "extra.txt").write_text(extra, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture()
+def tiny_settings(tmp_path: Path, book_settings: Settings, embedder: Embedder, analyzer: KoreanAnalyzer) -> Settings:
+    """Settings over a small corpus cut from the book, its index built."""
+    settings = book_settings.model_copy(
+        update={"corpus_dir": write_tiny_corpus(tmp_path / "corpus"), "index_dir": tmp_path / "index"}
+    )
+    build_index(settings, embedder, analyzer)
+    return settings

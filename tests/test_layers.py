@@ -43,5 +43,8 @@ def test_the_cli_gets_every_command() -> None:
 
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("index", "search", "ask", "serve", "eval", "feedback"):
+    for command in ("index", "search", "ask", "serve", "eval", "bench", "feedback"):
         assert command in result.output
+    # An entry point may bring a whole group of commands (a typer.Typer): `bench scale`, `bench stores`.
+    group = CliRunner().invoke(app, ["bench", "--help"])
+    assert group.exit_code == 0 and "scale" in group.output and "stores" in group.output

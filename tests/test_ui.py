@@ -173,6 +173,11 @@ def test_browser_asks_streams_and_clicks_through_to_the_sentence(
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="ko-KR")
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # The security headers' Content-Security-Policy must allow everything the chat does.
+    page.add_init_script(
+        "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+        " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI))"
+    )
     _open_chat(page, f"{server.url}/")
     answer = _ask_in_page(page, "마이데이터가 뭐야?")
     assert "[1]" in answer
@@ -191,6 +196,7 @@ def test_browser_asks_streams_and_clicks_through_to_the_sentence(
     page.screenshot(path=str(screenshot))
     assert screenshot.stat().st_size > 10_000
     assert not errors, errors
+    assert page.evaluate("window.__csp") == []
     page.close()
 
 

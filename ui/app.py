@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from indexer.engine import MAX_QUERY_CHARS, QueryError
 from indexer.settings import SEARCH_MODES
 from service.feedback import AnswerTracker, UnknownAnswerError
+from service.guard import error_response
 from service.qa import AskResult, QAService, Turn
 from ui.render import RenderedTurn, answer_markdown, escape_markdown, rendered_turn, sources_html
 
@@ -33,6 +35,9 @@ EXAMPLE_QUESTIONS = [
 ]
 MODE_CHOICES = [("하이브리드 (의미 + 키워드)", "hybrid"), ("의미 검색", "dense"), ("키워드 검색 (BM25)", "bm25")]
 assert {value for _, value in MODE_CHOICES} == set(SEARCH_MODES)
+# Gradio's routes for file inputs; matched before the mounted chat, which has no file input.
+UPLOAD_ROUTES = ("/gradio_api/upload", "/gradio_api/upload_progress")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 NOT_READY_MESSAGE = "모델과 색인을 불러오는 중입니다. 잠시 후 다시 질문해 주세요."
 
 # Marker links are handled here, not by the browser: Gradio opens Markdown links in a new tab.
@@ -62,6 +67,7 @@ CSS = """
 .bq-cite-head, .bq-path { font-weight: 600; font-size: 0.85rem; color: var(--body-text-color-subdued); }
 .bq-context { margin: 0.4rem 0; white-space: pre-wrap; }
 .bq-quote, .bq-text mark { background: #ffe58a; color: #222; padding: 0 2px; border-radius: 3px; }
+.bq-answer { background: #ffc53d; font-weight: 700; border-radius: 3px; padding: 0 1px; }
 .bq-offsets { font-size: 0.75rem; color: var(--body-text-color-subdued); }
 .bq-passages { padding-left: 1.2rem; }
 .bq-passage { margin-bottom: 0.7rem; }
@@ -126,7 +132,7 @@ def make_respond(
             return
         turn = len(conversation.turns) + 1
         chat += [{"role": "user", "content": escape_markdown(question)}, {"role": "assistant", "content": ""}]
-        # Text shows as soon as it exists: an extractive answer at once, a generated one as it streams.
+        # Text shows as soon as it is final (a generated answer once its citations are checked).
         shown = ""
         while not isinstance(item, AskResult):
             shown += item
@@ -280,13 +286,23 @@ def build_chat_ui(get_service: Callable[[], QAService | None], tracker: AnswerTr
     return blocks
 
 
+async def _no_uploads(_: Request) -> JSONResponse:
+    return error_response(404, "이 채팅은 파일을 받지 않습니다.")
+
+
 def mount_chat_ui(
     app: FastAPI,
     get_service: Callable[[], QAService | None],
     path: str = UI_PATH,
     tracker: AnswerTracker | None = None,
 ) -> FastAPI:
-    """Serve the chat at `path` of the API's app, in the same process and with the same service."""
+    """Serve the chat at `path` of the API's app, in the same process and with the same service.
+
+    The chat has no file input, so Gradio's upload routes are answered 404 before Gradio sees
+    them: nobody can store files on the server through the chat.
+    """
+    for route in UPLOAD_ROUTES:
+        app.add_route(f"{path}{route}", _no_uploads, methods=_ALL_METHODS, include_in_schema=False)
     return gr.mount_gradio_app(
         app,
         build_chat_ui(get_service, tracker),

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from rich.markup import escape
 
@@ -58,6 +59,7 @@ def serve(
 
 
 for _entry in entry_points(group=COMMAND_GROUP):
+    # An entry point names a command (a function) or a group of commands (a typer.Typer).
     _command = _entry.load()
     if isinstance(_command, typer.Typer):
         app.add_typer(_command, name=_entry.name)

@@ -123,13 +123,26 @@ def rendered_turn(engine: SearchEngine, turn: int, result: AskResult) -> Rendere
     return RenderedTurn(turn, [citation_view(engine, c) for c in result.citations], result.passages, result.abstained)
 
 
+def quote_html(citation: Citation) -> str:
+    """The quoted sentence as HTML, the fact that answers the question (if marked) in <strong>."""
+    quote = citation.quote
+    start, end = citation.answer_start, citation.answer_end
+    if start is None or end is None or not citation.start <= start < end <= citation.end:
+        return html.escape(quote)
+    lo, hi = start - citation.start, end - citation.start
+    return (
+        f"{html.escape(quote[:lo])}<strong class=\"bq-answer\">{html.escape(quote[lo:hi])}</strong>"
+        f"{html.escape(quote[hi:])}"
+    )
+
+
 def _card_html(turn: int, view: CitationView) -> str:
     c = view.citation
     return (
         f'<div class="bq-cite" id="{citation_anchor(turn, c.id)}">'
         f'<div class="bq-cite-head"><span class="bq-num">[{c.id}]</span> {_path(c.doc, c.section, c.page)}</div>'
         f'<blockquote class="bq-context">{html.escape(view.before)}'
-        f'<mark class="bq-quote">{html.escape(c.quote)}</mark>{html.escape(view.after)}</blockquote>'
+        f'<mark class="bq-quote">{quote_html(c)}</mark>{html.escape(view.after)}</blockquote>'
         f'<div class="bq-offsets">{html.escape(c.doc)} · 문자 {c.start}–{c.end}</div>'
         "</div>"
     )

@@ -1,0 +1,364 @@
+"""Evidence for an answer: the candidate sentences of the retrieved passages, the chosen quote and its signals.
+
+Every sentence of the retrieved passages (headings and table-of-contents lines too: titles in this book
+carry facts the body never repeats) is scored against the question; the best becomes the quote. The
+signals the abstention model weighs are measured on it: how well it matches, by how much it beats the
+next, whether it holds the kind of answer the question wants, how much of the question's key content
+it and its heading cover, whether the book has the question's words at all, the question's language.
+Nothing here runs Kiwi over the book: sentence morphemes and fact spans come from the index.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from indexer.engine import SearchEngine, SentenceMatch
+from indexer.facts import FactSpan
+from indexer.retrieval import Passage
+from service.question import SATISFIED_BY, QuestionFrame, frame_question
+
+# Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
+# (+ TYPE_WEIGHT when it holds the asked kind of answer); weights chosen on the dev part of the gold set.
+LEXICAL_WEIGHT = 0.1
+TYPE_WEIGHT = 0.02
+# Lines shorter than this ("차례", a lone label) are neither answers nor evidence.
+MIN_SENTENCE_CHARS = 4
+# The next sentence of the best one's paragraph joins the quote when scoring within this margin of it
+# (the best often introduces what the next one says); other sentences join within ANSWER_MARGIN.
+# Chosen on the dev part: the most answers containing the gold answer at no more than 2 sentences on average.
+FOLLOWER_MARGIN = 0.1
+ANSWER_MARGIN = 0.01
+MAX_ANSWER_SENTENCES = 3
+# The signals of a decision, in the order the abstention model's coefficients are stored.
+FEATURES = (
+    "score",
+    "cosine",
+    "margin",
+    "spread",
+    "typed",
+    "type_missing",
+    "name_missing",
+    "coverage",
+    "book_term_coverage",
+    "subject_missing",
+    "book_coverage",
+    "noun_book_coverage",
+    "passage_coverage",
+    "heading",
+    "english",
+    "english_cosine",
+    "english_margin",
+    "english_type_missing",
+)
+# Signal groups as the ablation removes them (eval/fit_abstention.py).
+SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
+    "sentence score and margin": ("score", "cosine", "margin", "spread"),
+    "answer type": ("typed", "type_missing", "name_missing", "english_type_missing"),
+    "key-content coverage (sentence + heading)": ("coverage", "book_term_coverage", "subject_missing"),
+    "lexical evidence (book, passages)": ("book_coverage", "noun_book_coverage", "passage_coverage"),
+    "heading line": ("heading",),
+    "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
+}
+# Answer types whose check is exact (a date, a number, a place, a person) rather than any name in the sentence.
+STRICT_TYPES = frozenset({"date", "percent", "money", "quantity", "number", "place", "person"})
+_SPACES = re.compile(r"\s+")
+
+
+def _squash(text: str) -> str:
+    return _SPACES.sub("", text).lower()
+
+
+class BookVocabulary:
+    """How rare each morpheme is among the book's sentences, and the morphemes of every heading.
+
+    Built once per service from the index's precomputed sentence morphemes (no Kiwi). A heading in a
+    heading path is a heading or table-of-contents line of the book, so its morphemes are that line's.
+    """
+
+    def __init__(self, engine: SearchEngine) -> None:
+        seen: set[tuple[str, int, int]] = set()
+        frequency: dict[str, int] = {}
+        heading_terms: dict[str, frozenset[str]] = {}
+        for chunk in engine.chunks():
+            for sentence in chunk.sentences:
+                key = (chunk.doc, sentence.start, sentence.end)
+                if key in seen:
+                    continue
+                seen.add(key)
+                for term in set(sentence.terms):
+                    frequency[term] = frequency.get(term, 0) + 1
+                if sentence.kind != "text":
+                    heading_terms.setdefault(chunk.sentence_text(sentence).strip(), frozenset(sentence.terms))
+        self.n_sentences = max(len(seen), 1)
+        self._frequency = frequency
+        self._heading_terms = heading_terms
+        self.max_idf = self.idf("\0")
+
+    def idf(self, term: str) -> float:
+        """Smoothed inverse sentence frequency; a morpheme the book never uses gets the largest."""
+        return math.log((self.n_sentences + 1) / (self._frequency.get(term, 0) + 1)) + 1.0
+
+    def in_book(self, term: str) -> bool:
+        return term in self._frequency
+
+    def heading_terms(self, heading_path: Iterable[str]) -> frozenset[str]:
+        """The morphemes of the headings above a sentence."""
+        terms: set[str] = set()
+        for heading in heading_path:
+            terms |= self._heading_terms.get(heading.strip(), frozenset())
+        return frozenset(terms)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sentence of the retrieved passages as a possible quote, with what it shows of the question."""
+
+    sentence: SentenceMatch
+    overlap: float
+    typed_facts: tuple[FactSpan, ...]
+    score: float
+    # Position among the retrieved sentences (chunk order, then sentence order), to find its neighbour.
+    position: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.sentence.doc, self.sentence.start, self.sentence.end)
+
+
+@dataclass
+class Evidence:
+    """What a decision is made on: the question's frame, the ranked candidates, the quote and its signals."""
+
+    frame: QuestionFrame
+    candidates: list[Candidate]
+    quote: list[Candidate]
+    features: dict[str, float]
+    covered_nouns: tuple[str, ...] = ()
+    extra: list[Candidate] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+
+def _typed_facts(match: SentenceMatch, frame: QuestionFrame, question: str) -> tuple[FactSpan, ...]:
+    """The sentence's facts of the asked kind that are not just repeating the question's own words."""
+    if not frame.checkable:
+        return ()
+    kinds = SATISFIED_BY[frame.answer_type]
+    asked = _squash(question)
+    facts = []
+    for fact in match.facts:
+        if fact.kind not in kinds:
+            continue
+        text = _squash(match.text[fact.start - match.start : fact.end - match.start])
+        if text and text not in asked:
+            facts.append(fact)
+    return tuple(facts)
+
+
+def _weighted_share(terms: Sequence[str], present: Iterable[bool], vocabulary: BookVocabulary) -> float:
+    weights = [vocabulary.idf(term) for term in terms]
+    total = sum(weights)
+    return sum(w for w, hit in zip(weights, present) if hit) / total if total else 0.0
+
+
+def gather_evidence(
+    engine: SearchEngine,
+    vocabulary: BookVocabulary,
+    question: str,
+    query: str,
+    passages: Sequence[Passage],
+) -> Evidence:
+    """Candidates, quote and signals for `question` (the user's words) over `passages` retrieved for `query`.
+
+    `query` is the question with earlier turns of the conversation, so a follow-up keeps its subject;
+    the asked kind of answer comes from the question alone.
+    """
+    frame = frame_question(question, engine.query_terms(query), engine.query_tokens(query))
+    query_terms = set(engine.query_terms(query))
+    seen: set[tuple[str, int, int]] = set()
+    candidates: list[Candidate] = []
+    for match in engine.sentence_matches(query, [passage.chunk_id for passage in passages]):
+        key = (match.doc, match.start, match.end)
+        if key in seen or len(match.text.strip()) < MIN_SENTENCE_CHARS:
+            continue
+        seen.add(key)
+        overlap = len(query_terms & set(match.terms)) / len(query_terms) if query_terms else 0.0
+        typed = _typed_facts(match, frame, query)
+        score = match.cosine + LEXICAL_WEIGHT * overlap + (TYPE_WEIGHT if typed else 0.0)
+        candidates.append(Candidate(match, overlap, typed, score, len(candidates)))
+    by_position = list(candidates)
+    candidates.sort(key=lambda c: (-c.score, c.position))
+    if not candidates:
+        return Evidence(frame, [], [], empty_features(frame))
+
+    best = candidates[0]
+    quote = [best]
+    follower = _next_in_paragraph(engine, by_position, best, across_heading=best.sentence.kind == "heading")
+    if follower is not None and (
+        (frame.checkable and not best.typed_facts and follower.typed_facts)
+        or best.sentence.text.rstrip().endswith("?")  # "이들의 공통점은 뭘까?" asks what the next one answers
+        or follower.score >= best.score - FOLLOWER_MARGIN
+    ):
+        quote.append(follower)
+
+    key_terms = frame.key_terms
+    evidence_terms: set[str] = set()
+    for candidate in quote:
+        evidence_terms |= set(candidate.sentence.terms)
+        evidence_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
+    passage_terms: set[str] = set()
+    for candidate in candidates:
+        passage_terms |= set(candidate.sentence.terms)
+        passage_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
+    # The question's words the book uses somewhere: a quote missing one of these (한국 when the quote is
+    # about 덴마크) is about a neighbouring subject; words the book never uses are the reader's own wording.
+    book_terms = [t for t in key_terms if vocabulary.in_book(t)]
+    nouns = [noun.lower() for noun in frame.nouns]
+    subject = max(book_terms, key=vocabulary.idf) if book_terms else None
+    second = candidates[1].score if len(candidates) > 1 else 0.0
+    english = 1.0 if frame.lang == "en" else 0.0
+    cosine = max(c.sentence.cosine for c in quote)
+    margin = best.score - second
+    type_missing = frame.checkable and not any(c.typed_facts for c in quote)
+    features = {
+        "score": best.score,
+        "cosine": cosine,
+        "margin": margin,
+        # A question the book is about has one sentence far above the rest; an off-topic one, none.
+        "spread": best.sentence.cosine - sum(c.sentence.cosine for c in candidates) / len(candidates),
+        "typed": 1.0 if frame.checkable else 0.0,
+        "type_missing": 1.0 if type_missing and frame.answer_type in STRICT_TYPES else 0.0,
+        "name_missing": 1.0 if type_missing and frame.answer_type not in STRICT_TYPES else 0.0,
+        "coverage": _weighted_share(key_terms, [t in evidence_terms for t in key_terms], vocabulary),
+        "book_term_coverage": _weighted_share(book_terms, [t in evidence_terms for t in book_terms], vocabulary)
+        if book_terms
+        else 0.0,
+        "subject_missing": 1.0 if subject is not None and subject not in evidence_terms else 0.0,
+        "book_coverage": _weighted_share(key_terms, [vocabulary.in_book(t) for t in key_terms], vocabulary),
+        # Off-topic questions share verbs with the book (좋다, 먹다) but not nouns (날씨, 라면). The book is
+        # Korean, so an English question's nouns say nothing of this: they count as covered.
+        "noun_book_coverage": 1.0
+        if english
+        else _weighted_share(nouns, [vocabulary.in_book(t) for t in nouns], vocabulary),
+        "passage_coverage": _weighted_share(key_terms, [t in passage_terms for t in key_terms], vocabulary),
+        "heading": 1.0 if best.sentence.kind != "text" else 0.0,
+        "english": english,
+        "english_cosine": english * cosine,
+        "english_margin": english * margin,
+        "english_type_missing": english * (1.0 if type_missing else 0.0),
+    }
+    covered = tuple(noun for noun in frame.nouns if any(t in evidence_terms for t in _noun_terms(noun)))
+    extra = [
+        c
+        for c in candidates[1:]
+        if c.score >= best.score - ANSWER_MARGIN
+        and c.key not in {q.key for q in quote}
+        and (not frame.checkable or c.typed_facts)
+    ][: max(0, MAX_ANSWER_SENTENCES - len(quote))]
+    return Evidence(frame, candidates, quote, features, covered, extra)
+
+
+def empty_features(frame: QuestionFrame) -> dict[str, float]:
+    """The signals when nothing was retrieved: no match, no coverage."""
+    english = 1.0 if frame.lang == "en" else 0.0
+    features = dict.fromkeys(FEATURES, 0.0)
+    strict = frame.answer_type in STRICT_TYPES
+    features.update(
+        typed=1.0 if frame.checkable else 0.0,
+        type_missing=1.0 if frame.checkable and strict else 0.0,
+        name_missing=1.0 if frame.checkable and not strict else 0.0,
+        english=english,
+        english_type_missing=english * (1.0 if frame.checkable else 0.0),
+    )
+    return features
+
+
+def _noun_terms(noun: str) -> tuple[str, ...]:
+    return (noun.lower(),)
+
+
+def _covers(noun: str, terms: set[str] | frozenset[str]) -> bool:
+    return noun.lower() in terms
+
+
+def _next_in_paragraph(
+    engine: SearchEngine, ordered: Sequence[Candidate], candidate: Candidate, across_heading: bool = False
+) -> Candidate | None:
+    """The sentence after `candidate` in the same chunk and paragraph (no line break between), if retrieved.
+
+    After a section heading (`across_heading`), the first sentence of its section: a title alone says little.
+    """
+    index = candidate.position + 1
+    if index >= len(ordered):
+        return None
+    follower = ordered[index]
+    here, there = candidate.sentence, follower.sentence
+    if follower.sentence.chunk_id != here.chunk_id or there.start < here.end:
+        return None
+    between = engine.document_text(here.doc)[here.end : there.start]
+    return follower if across_heading or "\n" not in between else None
+
+
+# A fact answers for the question's words written just before it ("중소기업의 5%"): this many characters.
+FACT_CONTEXT_CHARS = 12
+
+
+def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVocabulary) -> tuple[int, int] | None:
+    """Document offsets of the fact in the quoted sentence that answers the question, or None.
+
+    Of the sentence's facts of the asked kind, the one the question's key words lead up to: Korean puts
+    the subject before its figure (덴마크의 경우 … 기업의 24%, 중소기업의 5%), so each fact scores the rarity
+    (idf, scaled to at most 1) of the key words ending just before it. A name repeating the question's subject never answers it,
+    and of names the rarer one wins (그라운드X over 블록체인, which the book uses everywhere).
+    """
+    facts = candidate.typed_facts
+    if not facts:
+        return None
+    sentence = candidate.sentence
+    lowered = sentence.text.lower()
+    occurrences = [
+        (sentence.start + match.start(), sentence.start + match.end(), vocabulary.idf(term) / vocabulary.max_idf)
+        for term in frame.key_terms
+        if len(term) > 1
+        for match in re.finditer(re.escape(term), lowered)
+    ]
+
+    asked = frame.text
+    unit = re.search(r"몇\s*([가-힣%]+?)(?:이나|이야|야|요|인가|인지|을|를|가|이|은|는|에|\s|\?|$)", asked)
+    acronym_asked = re.search(r"\b[A-Z]{2,}\d*\b", asked) is not None
+
+    def preference(fact: FactSpan, text: str) -> float:
+        """What the question's wording says about the fact it wants: its unit, an acronym or its expansion, a title."""
+        if unit and fact.kind in ("quantity", "percent", "money") and text.endswith(unit.group(1)):
+            return 1.0  # 몇 곳 → 60곳, not 5%
+        if re.search(r"약자|stand for|abbreviat", asked, re.IGNORECASE) and fact.kind == "name":
+            is_acronym = re.fullmatch(r"[A-Z]{2,}\d*", text) is not None
+            return 1.0 if is_acronym != acronym_asked else 0.0  # 영어 약자는? → CPS; CPS stands for → the words
+        if re.search(r"제목|title", asked, re.IGNORECASE) and fact.kind == "title":
+            return 1.0
+        return 0.0
+
+    def score(fact: FactSpan) -> float:
+        raw = sentence.text[fact.start - sentence.start : fact.end - sentence.start]
+        total = preference(fact, raw) + sum(
+            weight for start, end, weight in occurrences if fact.start - FACT_CONTEXT_CHARS <= end <= fact.start
+        )
+        if fact.kind in ("name", "title", "place", "person"):
+            text = _squash(sentence.text[fact.start - sentence.start : fact.end - sentence.start])
+            if any(start < fact.end and fact.start < end for start, end, _ in occurrences):
+                return float("-inf")  # 클레이튼의 NFT for a question about 클레이튼
+            total += vocabulary.idf(text) / vocabulary.max_idf
+            # Who made or runs something is the sentence's subject: 그라운드X가 … 개발한.
+            after = sentence.text[fact.end - sentence.start : fact.end - sentence.start + 2]
+            if frame.answer_type in ("organization", "person") and re.match(r"[가이은는]\s", after):
+                total += 1.0
+        return total
+
+    scored = sorted(((score(f), f) for f in facts), key=lambda pair: (-pair[0], pair[1].start, pair[1].start - pair[1].end))
+    best_score, best = scored[0]
+    return None if best_score == float("-inf") else (best.start, best.end)
