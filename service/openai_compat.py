@@ -105,9 +105,12 @@ def question_and_history(messages: list[ChatMessage]) -> tuple[str, list[Turn]]:
     System messages are the front-end's instructions to a general model; bookqa answers from the
     book alone, so they are left out. Footnotes of earlier bookqa replies are cut from the history.
     """
-    asked = [i for i, message in enumerate(messages) if message.role == "user" and message.text().strip()]
+    users = [i for i, message in enumerate(messages) if message.role == "user"]
+    if not users:
+        raise QueryError("messages에 사용자(user) 질문이 없습니다.")
+    asked = [i for i in users if messages[i].text().strip()]
     if not asked:
-        raise QueryError("messages에 내용이 있는 사용자(user) 질문이 없습니다.")
+        raise QueryError("질문이 비어 있습니다: 사용자(user) 메시지에 내용이 없습니다.")
     last_user = asked[-1]
     question = messages[last_user].text().strip()
     history = []

@@ -178,7 +178,7 @@ def test_api_stream_sends_generated_pieces_then_the_whole_answer(engine: SearchE
     from service.api import create_api
 
     server, behaviour = llm_server
-    behaviour.update(piece_delay=0.02, reply="IaaS는 서버와 저장소 같은 인프라를 빌려 줍니다 [1].", delay=0.0)
+    behaviour.update(piece_delay=0.02, reply="IaaS는 CPU, 메모리 같은 하드웨어 자원을 제공합니다 [1].", delay=0.0)
     with TestClient(create_api(qa=service_for(engine, server))) as client:
         with client.stream("POST", "/v1/ask/stream", json={"question": "IaaS는 무엇을 제공해?"}) as response:
             raw = "".join(response.iter_text())
@@ -308,7 +308,7 @@ def test_the_key_never_appears_in_the_server_output(private_settings, llm_server
         process.terminate()
         process.wait(30)
     printed = log.read_text(encoding="utf-8")
-    assert "POST /v1/ask" in printed  # the access log is there …
+    assert '"method": "POST", "path": "/v1/ask"' in printed  # the request log is there …
     assert all("401" in answer for answer in answers)
     for text in (printed, *answers):
         assert SECRET not in text and "SECRET-4f1d" not in text  # … and the key is not
