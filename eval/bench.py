@@ -16,11 +16,13 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -181,6 +183,7 @@ class ServingProcesses:
             "BOOKQA_MODEL": settings.model,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None  # the server's stderr (a temporary file)
         self.peak_mb = 0.0
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -192,13 +195,16 @@ class ServingProcesses:
     def start(self, timeout: float) -> float:
         """Start the server; seconds from the process start to `/readyz` answering 200."""
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A file, not a pipe: the server logs a JSON line per request, and an undrained pipe would block it.
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
         self._sampler.start()
         deadline = started + timeout
         with httpx.Client(timeout=2) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"bookqa serve exited: {self.process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                    self._log.seek(0)
+                    raise RuntimeError(f"bookqa serve exited: {self._log.read().decode(errors='replace')[-2000:]}")
                 try:
                     if client.get(f"{self.url}/readyz").status_code == 200:
                         return time.perf_counter() - started
@@ -237,6 +243,8 @@ class ServingProcesses:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if self._log is not None:
+            self._log.close()
 
 
 def measure_http_sequential(url: str, texts: Sequence[str]) -> tuple[list[float], int]:

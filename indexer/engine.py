@@ -35,6 +35,10 @@ class QueryError(ValueError):
     """A user's query is unusable as given (empty, too long, bad option); the message says why."""
 
 
+class UnknownDocumentError(QueryError):
+    """A document filter names a document the index does not have (HTTP 404, not a malformed request)."""
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """A validated search: the query text, how many passages, and which ranking."""
@@ -186,7 +190,7 @@ class SearchEngine:
         if unknown:
             names = sorted(known)
             shown = ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
-            raise QueryError(f"색인에 없는 문서입니다: {', '.join(unknown)} (있는 문서: {shown})")
+            raise UnknownDocumentError(f"색인에 없는 문서입니다: {', '.join(unknown)[:500]} (있는 문서: {shown})")
 
     def sentence_matches(self, query: str, chunk_ids: Sequence[str]) -> list[SentenceMatch]:
         """Every sentence of the given chunks with its cosine to `query`, chunk by chunk in sentence order.

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from indexer.corpus import CorpusError
 from indexer.embedding import EmbedderError
-from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError
+from indexer.engine import MAX_QUERY_CHARS, MAX_TOP_K, QueryError, UnknownDocumentError
 from indexer.manifest import IndexLoadError
 from indexer.settings import Settings
 from indexer.retrieval import Passage
@@ -163,6 +163,16 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+_UNKNOWN_DOCUMENT: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": "`doc`가 색인에 없는 문서를 가리킵니다",
+        # Spelled out: on the event-stream route a `model` would be declared as text/event-stream.
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+}
+_STREAM_RESPONSES.update(_UNKNOWN_DOCUMENT)
+
+
 def loaded_service(app: FastAPI) -> QAService | None:
     """The app's service once loaded, None while loading (for the chat mounted beside the API)."""
     return app.state.bookqa["qa"]
@@ -245,6 +255,10 @@ def create_api(
     async def _bad_query(_: Request, error: QueryError) -> JSONResponse:
         return error_response(422, str(error))
 
+    @app.exception_handler(UnknownDocumentError)
+    async def _unknown_document(_: Request, error: UnknownDocumentError) -> JSONResponse:
+        return error_response(404, str(error))
+
     @app.exception_handler(_NotReady)
     async def _not_ready(_: Request, error: _NotReady) -> JSONResponse:
         return error_response(503, str(error))
@@ -263,7 +277,7 @@ def create_api(
             return JSONResponse({"status": "failed", "error": state["error"]}, status_code=503)
         return JSONResponse({"status": "loading", "error": "모델과 색인을 불러오는 중입니다."}, status_code=503)
 
-    @app.post("/v1/ask", response_model=AskResponse, tags=["qa"])
+    @app.post("/v1/ask", response_model=AskResponse, tags=["qa"], responses=_UNKNOWN_DOCUMENT)
     async def ask(body: AskRequest, request: Request) -> AskResponse:
         """Answer a question from the book, with `[n]` markers and exact citations."""
         return await answer(request, body, "api")
@@ -298,13 +312,14 @@ def create_api(
 
         return EventStreamResponse(events(), headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/search", response_model=SearchResponse, tags=["qa"])
+    @app.get("/v1/search", response_model=SearchResponse, tags=["qa"], responses=_UNKNOWN_DOCUMENT)
     async def search(
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, pattern=NOT_BLANK, description="질문")],
         top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K)] = 5,
         mode: Annotated[Literal["hybrid", "dense", "bm25"], Query()] = "hybrid",
         doc: Annotated[
-            list[str] | None, Query(max_length=MAX_DOC_FILTER, description="이 문서에서만 (여러 번 쓸 수 있음)")
+            list[Annotated[str, Field(min_length=1, max_length=1024)]] | None,
+            Query(max_length=MAX_DOC_FILTER, description="이 문서에서만 (여러 번 쓸 수 있음)"),
         ] = None,
     ) -> SearchResponse:
         """Ranked passages for a query, best first; `document[start:end] == text`; `doc` limits it to documents."""

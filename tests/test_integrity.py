@@ -181,8 +181,18 @@ def test_serve_says_why_it_rebuilds(tiny_settings: Settings, monkeypatch: pytest
     from ui.cli import app
 
     _zero_4kb(tiny_settings.index_dir)
+    from fastapi.testclient import TestClient
+
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda asgi, **options: served.append(options))  # do not serve forever
+
+    def run_until_ready(asgi, **options) -> None:  # instead of serving forever: start, wait for /readyz, stop
+        served.append(options)
+        with TestClient(asgi) as client:
+            deadline = time.monotonic() + 240
+            while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    monkeypatch.setattr(uvicorn, "run", run_until_ready)
     for name, value in _env(tiny_settings).items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(app, ["serve", "--port", "8999"])

