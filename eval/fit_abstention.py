@@ -110,6 +110,8 @@ def fit_on_gold(qa: QAService, gold: Sequence[GoldQuestion], gold_path: Path) ->
         f"({CV_REPEATS}x stratified {CV_FOLDS}-fold on dev)",
         "scikit_learn": version("scikit-learn"),
         "model": qa.engine.manifest.model.name,
+        # The signals hold cosines: another backend or precision moves them a little (refit then).
+        "embedding": f"{qa.engine.manifest.model.backend}/{qa.engine.manifest.model.precision}",
     }
     return fit_model(signal_matrix(qa, dev), y, FEATURES, fitted_on)
 
