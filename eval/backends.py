@@ -114,17 +114,20 @@ def _onnx_candidate(precision: str, settings: Settings):  # noqa: ANN202
     fp32 = folder / "model.onnx"
     if not fp32.exists():
         transformer = model[0].auto_model.eval()
+
+        class HiddenStates(torch.nn.Module):
+            """Keyword arguments only: transformers 5's forward takes more positional ones than these two."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = transformer
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
         example = model.tokenizer(["query: 마이데이터란?"], return_tensors="pt")
-        torch.onnx.export(
-            transformer,
-            (example["input_ids"], example["attention_mask"]),
-            str(fp32),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ("input_ids", "attention_mask", "last_hidden_state")},
-            opset_version=17,
-            dynamo=False,
-        )
+        with torch.no_grad():
+            _export_onnx(torch, HiddenStates(), example, fp32)
     path = fp32
     if precision == "int8":
         path = folder / "model-int8.onnx"
@@ -146,6 +149,19 @@ def _onnx_candidate(precision: str, settings: Settings):  # noqa: ANN202
         return np.concatenate(out).astype(np.float32)
 
     return (lambda texts: encode(texts, prompts.get("query", ""))), (lambda texts: encode(texts, prompts.get("passage", "")))
+
+
+def _export_onnx(torch, module, example, target: Path) -> None:  # noqa: ANN001
+    torch.onnx.export(
+        module,
+        (example["input_ids"], example["attention_mask"]),
+        str(target),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={name: {0: "batch", 1: "tokens"} for name in ("input_ids", "attention_mask", "last_hidden_state")},
+        opset_version=17,
+        dynamo=True,
+    )
 
 
 def compare_backends(settings: Settings, gold: Sequence[GoldQuestion], chunks: Sequence[Chunk]) -> list[BackendFigures]:
