@@ -93,7 +93,7 @@ def test_doc_filter_limits_every_mode(private_settings: Settings, embedder: Embe
         assert body["citations"] and {c["doc"] for c in body["citations"]} == {"extra.md"}
         assert client.post("/v1/ask", json={"question": "메타버스 화폐는 뭐야?", "doc": BOOK}).status_code == 200
         unknown = client.get("/v1/search", params={"q": "클라우드", "doc": "nope.txt"})
-        assert unknown.status_code == 422 and "nope.txt" in unknown.json()["error"]
+        assert unknown.status_code == 404 and "nope.txt" in unknown.json()["error"]
         assert client.post("/v1/ask", json={"question": "클라우드", "doc": []}).status_code == 422
 
     cli = run(private_settings, "search", "메타버스 화폐", "--doc", "extra.md", "--json")
