@@ -8,18 +8,23 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from eval.bench_scale import SentencePool, build_library
 from indexer.build import build_index
 from indexer.embedding import Embedder
 from indexer.engine import QueryError, SearchEngine
+from indexer.faiss_store import FaissStore, _top_k
 from indexer.korean import KoreanAnalyzer
+from indexer.manifest import read_manifest
 from indexer.settings import Settings
 from service.api import create_api
 from service.qa import QAService
 from tests.test_cli import BOOKQA, run
 
 BOOK = "digital-trend-2023.txt"
+GOLD = Path(__file__).resolve().parents[1] / "eval" / "gold" / "qa.jsonl"
 EXTRA = "# 부록\n메타버스 화폐는 도토리다. 도토리는 싸이월드에서 쓰던 화폐였다.\n"
 
 
@@ -154,3 +159,22 @@ def test_bench_scale_prints_one_json_line_per_size(book_settings: Settings, engi
     assert large["recall_at_10"] >= 0.9
     assert 0.5 < large["perturbed_vs_embedder_cosine"] <= 1.0
     assert not (tmp_path / "bench" / "library-300").exists()  # removed unless --keep
+
+
+def test_bm25_top_k_at_scale_is_the_full_ranking(engine: SearchEngine, tmp_path: Path) -> None:
+    """The lexical floor (rank only chunks that can reach the k best) returns exactly the full ranking's top k."""
+    pool = SentencePool(engine)
+    build_library(engine, pool, 3000, tmp_path / "library", embed_max=0, approximate="ivf", exact_max_chunks=100)
+    store = FaissStore(tmp_path / "library", read_manifest(tmp_path / "library"), {})
+    questions = [json.loads(line)["question"] for line in GOLD.read_text(encoding="utf-8").splitlines()[::3]]
+    floored = 0
+    for question in questions:
+        terms = list(engine.query_terms(question))
+        if not terms:
+            continue
+        scores = store._bm25.get_scores(terms)  # noqa: SLF001 - the reference ranks every chunk bm25s scored
+        matched = np.flatnonzero(scores)
+        for k in (10, 100):
+            assert store.search_lexical(terms, k) == _top_k(matched, scores[matched], k), (question, k)
+            floored += store._score_floor(terms, scores, k) > 0  # noqa: SLF001
+    assert floored >= len(questions) // 4  # the floor was at work, not only the fallback
