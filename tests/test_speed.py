@@ -24,6 +24,7 @@ from indexer.build import build_index
 from indexer.embedding import Embedder, OpenVINOQueryEncoder
 from indexer.engine import SearchEngine, load_analyzer, load_embedder
 from indexer.manifest import IndexMismatchError
+from indexer.openvino_encoder import COMPILED_DIR, OpenVINOEncoder, ensure_openvino_export
 from indexer.settings import Settings
 from indexer.store import load_index
 from tests.servers import free_port
@@ -50,6 +51,24 @@ def test_lean_encoder_matches_sentence_transformers_on_the_book(engine: SearchEn
     ):
         cosines = (ours(texts) * theirs(texts)).sum(axis=1)
         assert cosines.min() > 0.9999, texts[int(cosines.argmin())]
+
+
+def test_the_compiled_model_is_cached_and_a_damaged_one_compiled_again(book_settings: Settings, tmp_path: Path) -> None:
+    """Start-up loads OpenVINO's compiled model from beside the export; a truncated blob costs time, not answers."""
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(ensure_openvino_export(book_settings.model, book_settings.cache_dir, book_settings.precision), export)
+    shutil.rmtree(export / COMPILED_DIR, ignore_errors=True)
+    questions = ["마이데이터란 무엇인가?", "What is MyData?"]
+    expected = OpenVINOEncoder(export).encode(questions, "query: ")
+    blobs = list((export / COMPILED_DIR).glob("*.blob"))
+    assert blobs, "no compiled model was cached"
+    assert np.allclose(OpenVINOEncoder(export).encode(questions, "query: "), expected, atol=1e-6)
+    for blob in blobs:
+        blob.chmod(0o600)
+        blob.write_bytes(blob.read_bytes()[:1000])
+    assert np.allclose(OpenVINOEncoder(export).encode(questions, "query: "), expected, atol=1e-6)
 
 
 def test_int8_retrieval_stays_within_001_of_float32(
