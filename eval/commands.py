@@ -8,12 +8,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 
 from indexer.commands import EXIT_BAD_INPUT, EXIT_UNUSABLE, console, fail, load_or_exit
+
+if TYPE_CHECKING:
+    from eval.gold import GoldQuestion
+    from indexer.engine import SearchEngine
+    from indexer.settings import Settings
+
+
+def gold_or_exit(path: Path) -> list[GoldQuestion]:
+    """The gold file's questions, or exit 2 with the file's problem in Korean."""
+    from eval.gold import GoldFileError, load_gold
+
+    try:
+        return load_gold(path)
+    except GoldFileError as error:
+        raise fail(error, EXIT_BAD_INPUT) from error
+
+
+def faiss_engine_or_exit(settings: Settings) -> tuple[Settings, SearchEngine]:
+    """The book's FAISS index, built if needed, and its engine (the benches compare other stores against it)."""
+    from indexer.corpus import CorpusError
+    from indexer.embedding import EmbedderError
+    from indexer.engine import SearchEngine, ensure_index
+    from indexer.manifest import IndexLoadError
+
+    settings = settings.model_copy(update={"store": "faiss"})
+    try:
+        ensure_index(settings)
+    except (IndexLoadError, EmbedderError, CorpusError) as error:
+        raise fail(error, EXIT_UNUSABLE) from error
+    return settings, load_or_exit(SearchEngine.load, settings)
 
 
 def evaluate_gold(
@@ -29,7 +59,6 @@ def evaluate_gold(
 ) -> None:
     """Evaluate retrieval and answers on a gold question file, for every mode; writes a report and a chart."""
     from eval.evaluate import BASELINE_FILE, evaluate
-    from eval.gold import GoldFileError, load_gold
     from eval.report import RETRIEVAL_COLUMNS, read_baseline
     from indexer.engine import MAX_TOP_K
     from indexer.settings import SEARCH_MODES
@@ -44,10 +73,7 @@ def evaluate_gold(
         )
     if not 10 <= top_k <= MAX_TOP_K:
         raise fail(ValueError(f"--top-k는 10에서 {MAX_TOP_K} 사이여야 합니다: {top_k}"), EXIT_BAD_INPUT)
-    try:
-        questions = load_gold(gold)
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
+    questions = gold_or_exit(gold)
     if baseline is None and (out / BASELINE_FILE).is_file():
         baseline = out / BASELINE_FILE
     if baseline is not None:
@@ -94,14 +120,10 @@ def bench_service(
     if ctx.invoked_subcommand is not None:
         return
     from eval.bench import BenchConfig, run_bench, write_results
-    from eval.gold import GoldFileError, load_gold
     from indexer.engine import ensure_index
 
     settings = ctx.obj
-    try:
-        questions = load_gold(gold)
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
+    questions = gold_or_exit(gold)
     load_or_exit(ensure_index, settings)
     config = BenchConfig(
         encode_questions=questions_per_phase,
@@ -132,13 +154,9 @@ def bench_backends(
 ) -> None:
     """Compare the embedder's backends (torch, OpenVINO, ONNX Runtime; fp32 and int8) on this machine."""
     from eval.backends import compare_backends, write_backends
-    from eval.gold import GoldFileError, load_gold
     from indexer.engine import SearchEngine
 
-    try:
-        questions = load_gold(gold)
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
+    questions = gold_or_exit(gold)
     engine = load_or_exit(SearchEngine.load, ctx.obj)
     chunks = list(engine.chunks())
     del engine
@@ -177,25 +195,12 @@ def bench_scale(
     import time
 
     from eval.bench_scale import run_scale
-    from eval.gold import GoldFileError, load_gold
-    from indexer.engine import SearchEngine, ensure_index
-    from indexer.corpus import CorpusError
-    from indexer.embedding import EmbedderError
-    from indexer.manifest import IndexLoadError
 
     sizes = parse_sizes(chunks)
     if approximate not in ("hnsw", "ivf"):
         raise fail(ValueError(f"--approximate는 hnsw 또는 ivf입니다: {approximate}"), EXIT_BAD_INPUT)
-    try:
-        questions = [q.question for q in load_gold(gold)]
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
-    settings = ctx.obj.model_copy(update={"store": "faiss"})
-    try:
-        ensure_index(settings)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise fail(error, EXIT_UNUSABLE) from error
-    engine = load_or_exit(SearchEngine.load, settings)
+    questions = [q.question for q in gold_or_exit(gold)]
+    settings, engine = faiss_engine_or_exit(ctx.obj)
     deadline = time.monotonic() + max_minutes * 60
     for figures in run_scale(
         engine, sizes, work_dir, questions, embed_max, approximate, settings.exact_max_chunks, keep, deadline
@@ -212,22 +217,9 @@ def bench_stores(
     import json
 
     from eval.bench_stores import compare_stores
-    from eval.gold import GoldFileError, load_gold
-    from indexer.corpus import CorpusError
-    from indexer.embedding import EmbedderError
-    from indexer.engine import SearchEngine, ensure_index
-    from indexer.manifest import IndexLoadError
 
-    try:
-        questions = load_gold(gold)
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
-    settings = ctx.obj.model_copy(update={"store": "faiss"})
-    try:
-        ensure_index(settings)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise fail(error, EXIT_UNUSABLE) from error
-    engine = load_or_exit(SearchEngine.load, settings)
+    questions = gold_or_exit(gold)
+    settings, engine = faiss_engine_or_exit(ctx.obj)
     for figures in compare_stores(settings, engine, questions):
         typer.echo(json.dumps(figures, ensure_ascii=False))
 
@@ -245,14 +237,10 @@ def fit_abstention(
     """Refit the abstention model on the gold set's dev part (and optionally write the signal ablation)."""
     from eval.fit_abstention import ablation as run_ablation
     from eval.fit_abstention import ablation_markdown, fit_on_gold, write_model
-    from eval.gold import GoldFileError, load_gold
     from service.abstention import MODEL_PATH
     from service.qa import QAService
 
-    try:
-        questions = load_gold(gold)
-    except GoldFileError as error:
-        raise fail(error, EXIT_BAD_INPUT) from error
+    questions = gold_or_exit(gold)
     qa = load_or_exit(QAService.load, ctx.obj)
     model = fit_on_gold(qa, questions, gold)
     target = out or MODEL_PATH

@@ -13,8 +13,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from rich.markup import escape
-
 from indexer.commands import console, index, report_skipped, search, settings_callback
 from indexer.settings import Settings
 from service.commands import ask, feedback_app
