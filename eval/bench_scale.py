@@ -10,7 +10,7 @@ The library is made from the book itself, so BM25 and the vectors see realistic 
   noise (σ = 0.01 per dimension), normalised. The bench reports how close that construction comes to
   the embedder on a sample it did embed.
 
-Each size is written with the FAISS store's own writer (exact up to `exact_max_chunks`, HNSW beyond)
+Each size is written with the FAISS store's own writer (exact up to `exact_max_chunks`, IVF-SQ8 beyond)
 and then searched in a fresh process (so `rss_mb` is the store's, not the generator's) with the gold
 questions' real query vectors and morphemes: hybrid retrieval, top 10, query embedding excluded.
 `recall_at_10` compares those top 10 with the same retrieval over an exact (flat) scan.
