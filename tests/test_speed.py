@@ -201,5 +201,6 @@ def test_bench_writes_every_figure(engine: SearchEngine, private_settings: Setti
     assert required <= figures.keys()
     assert figures["errors"] == 0 and figures["encode_fp32_p50_ms"] > 0 and figures["rps_c8"] > 0
     assert figures["rss_after_mb"] > 100 and figures["requests_after"] >= 40
+    assert 0 < figures["chat_http_p50_s"] <= figures["chat_http_max_s"] and figures["chat_server_cpu_s"] > 0
     assert (out / "bench.md").read_text(encoding="utf-8").startswith("# bookqa bench")
     assert (out / "bench.png").stat().st_size > 10_000
