@@ -12,6 +12,7 @@ Files of an index folder, all written into `.index.building` and swapped in whol
 | `bm25/` | bm25s over the chunks' Kiwi morphemes, memory-mapped on load |
 
 A search touches the nearest chunks' rows only: no question scores every sentence of the library.
+Up to IN_MEMORY_MAX_CHUNKS chunks (the book) the arrays are simply read into memory.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ INDEX_FILES = (CHUNKS, CHUNK_OFFSETS, CHUNK_VECTORS, DENSE, SENTENCE_VECTORS, SE
 # Sentence vectors are 4/5 of an index's vectors; half precision halves them (cosines agree to ~1e-3,
 # the gold set's figures are unchanged, see README).
 SENTENCE_DTYPE = np.float16
+# Up to this many chunks an index's vectors and BM25 arrays are read into memory (the book's take ~1 MB);
+# beyond, they are memory-mapped and only the rows a question touches are paged in.
+IN_MEMORY_MAX_CHUNKS = 20_000
 # Decoded chunks kept per process: a question reads a few hundred (candidates, passages, sentences).
 CHUNK_CACHE_SIZE = 8192
 # The approximate index, chosen with `bookqa bench scale` (README): inverted lists (4·√n of them) over
@@ -147,13 +151,15 @@ class FaissStore:
         self._info = manifest.store
         try:
             self._chunk_offsets = np.load(folder / CHUNK_OFFSETS)
-            # Plain array views of the memory maps: np.memmap's own indexing cost ~10 % of a busy
-            # server's time on the book (the view keeps the map open).
-            self._chunk_vectors = np.load(folder / CHUNK_VECTORS, mmap_mode="r").view(np.ndarray)
+            # A small index is read into memory; a large one is memory-mapped, as plain array views of the
+            # maps (np.memmap's own indexing cost ~10 % of a busy server's time; the view keeps the map open).
+            mapped = manifest.n_chunks > IN_MEMORY_MAX_CHUNKS
+            mode = "r" if mapped else None
+            self._chunk_vectors = np.load(folder / CHUNK_VECTORS, mmap_mode=mode).view(np.ndarray)
             self._sentence_offsets = np.load(folder / SENTENCE_OFFSETS)
-            self._sentence_vectors = np.load(folder / SENTENCE_VECTORS, mmap_mode="r").view(np.ndarray)
+            self._sentence_vectors = np.load(folder / SENTENCE_VECTORS, mmap_mode=mode).view(np.ndarray)
             self._dense = faiss.read_index(str(folder / DENSE))
-            self._bm25 = bm25s.BM25.load(str(folder / BM25_DIR), mmap=True, show_progress=False)
+            self._bm25 = bm25s.BM25.load(str(folder / BM25_DIR), mmap=mapped, show_progress=False)
             with (folder / CHUNKS).open("rb") as file:
                 size = file.seek(0, 2)
                 self._chunk_file = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
