@@ -85,6 +85,8 @@ class BenchResult:
     rss_trace_mb: list[tuple[int, float]] = field(default_factory=list)
     chat_p50_s: float | None = None
     chat_max_s: float | None = None
+    # From the process start to the chat page answering 200 (Gradio is imported after the service is ready).
+    chat_ready_s: float | None = None
     # CPU seconds of the Gradio client (this process) and of the server during that burst: both share the machine.
     chat_client_cpu_s: float | None = None
     chat_server_cpu_s: float | None = None
@@ -191,6 +193,7 @@ class ServingProcesses:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: Any = None  # the server's stderr (a temporary file)
         self.peak_mb = 0.0
+        self._started = 0.0
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
@@ -200,7 +203,7 @@ class ServingProcesses:
 
     def start(self, timeout: float) -> float:
         """Start the server; seconds from the process start to `/readyz` answering 200."""
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
         # A file, not a pipe: the server logs a JSON line per request, and an undrained pipe would block it.
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
@@ -218,6 +221,19 @@ class ServingProcesses:
                     pass
                 time.sleep(0.02)
         raise RuntimeError(f"bookqa serve was not ready within {timeout:.0f} s")
+
+    def wait_for(self, path: str, timeout: float) -> float:
+        """Seconds from the process start until `path` answers 200 (the chat is mounted after `/readyz`)."""
+        deadline = time.perf_counter() + timeout
+        with httpx.Client(timeout=5) as client:
+            while time.perf_counter() < deadline:
+                try:
+                    if client.get(f"{self.url}{path}").status_code == 200:
+                        return time.perf_counter() - self._started
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.02)
+        raise RuntimeError(f"{path} did not answer within {timeout:.0f} s")
 
     def _tree(self) -> list[psutil.Process]:
         """The server and every process it started (empty once it is gone)."""
@@ -323,6 +339,7 @@ def run_bench(settings: Settings, gold: Sequence[GoldQuestion], config: BenchCon
     try:
         log("bookqa serve를 시작하는 중…")
         ready_s = server.start(config.ready_timeout)
+        chat_ready_s = server.wait_for("/ui/", config.ready_timeout)
         time.sleep(1.0)  # let the loader thread settle before reading memory
         rss_ready = server.rss_mb()
         log("HTTP 지연 시간을 재는 중…")
@@ -361,6 +378,7 @@ def run_bench(settings: Settings, gold: Sequence[GoldQuestion], config: BenchCon
         rps_c32=round(rps[32], 1),
         errors=errors,
         ready_s=round(ready_s, 2),
+        chat_ready_s=round(chat_ready_s, 2),
         rss_ready_mb=round(rss_ready, 1),
         rss_peak_mb=round(peak, 1),
         rss_after_mb=round(rss_after, 1),
@@ -472,6 +490,7 @@ def bench_markdown(result: BenchResult) -> str:
         ("answered questions per second, concurrency 32", f"{result.rps_c32:.1f}", ""),
         ("errors (all phases)", f"{result.errors}", "0"),
         ("from `bookqa serve` to `/readyz` 200", f"**{result.ready_s:.1f} s**", "≤ 5 s"),
+        ("from `bookqa serve` to the chat page (`/ui/`) 200", f"{result.chat_ready_s:.1f} s" if result.chat_ready_s is not None else "–", ""),
         ("RSS of all serving processes: at ready / peak / after requests", f"{result.rss_ready_mb:.0f} / {result.rss_peak_mb:.0f} / {result.rss_after_mb:.0f} MB (after {result.requests_after:,})", "≤ 1,000 MB, flat"),
     ]
     if result.chat_p50_s is not None:

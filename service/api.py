@@ -178,6 +178,11 @@ def loaded_service(app: FastAPI) -> QAService | None:
     return app.state.bookqa["qa"]
 
 
+def loading_finished(app: FastAPI) -> bool:
+    """True once the app's service has loaded or failed to (`/readyz` then says which)."""
+    return app.state.bookqa["qa"] is not None or app.state.bookqa["error"] is not None
+
+
 def create_api(
     settings: Settings | None = None,
     qa: QAService | None = None,

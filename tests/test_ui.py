@@ -46,6 +46,34 @@ def server(qa: QAService) -> Iterator[LoopbackServer]:
         yield running
 
 
+def test_deferred_chat_follows_the_service_and_answers(qa: QAService) -> None:
+    """`bookqa serve`'s app: /ui says it is preparing while the service loads, then serves the chat."""
+    import threading
+
+    release = threading.Event()
+
+    def slow_loader() -> QAService:
+        release.wait(60)
+        return qa
+
+    with LoopbackServer(create_app(loader=slow_loader, defer_chat=True)) as running:
+        waiting = httpx.get(f"{running.url}/ui/")
+        assert waiting.status_code == 503 and "준비하고 있습니다" in waiting.text
+        assert waiting.headers["x-frame-options"] == "DENY"  # the app's guards cover the placeholder too
+        assert httpx.get(f"{running.url}/readyz").status_code == 503
+        release.set()
+        deadline = time.monotonic() + 120
+        page = waiting
+        while page.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            page = httpx.get(f"{running.url}/ui/")
+        assert page.status_code == 200 and httpx.get(f"{running.url}/readyz").status_code == 200
+        assert httpx.post(f"{running.url}/ui/gradio_api/upload").status_code == 404
+        client = Client(f"{running.url}/ui/", verbose=False, download_files=False)
+        _, chat, sources = client.predict("마이데이터가 뭐야?", [], 5, "hybrid", api_name="/ask")
+        assert "(#bq-cite-1-1)" in _text(chat[-1]) and '<mark class="bq-quote">' in sources
+
+
 def test_markers_link_to_their_cards_and_text_stays_text() -> None:
     rendered = answer_markdown("가 [1] 나 [2] 다 [7] <b>x</b>", turn=3, markers={1, 2})
     assert "[\\[1\\]](#bq-cite-3-1)" in rendered and "[\\[2\\]](#bq-cite-3-2)" in rendered

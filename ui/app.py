@@ -19,9 +19,9 @@ from indexer.settings import SEARCH_MODES
 from service.feedback import AnswerTracker, UnknownAnswerError
 from service.guard import error_response
 from service.qa import AskResult, QAService, Turn
+from ui import UI_PATH
 from ui.render import RenderedTurn, answer_markdown, escape_markdown, rendered_turn, sources_html
 
-UI_PATH = "/ui"
 # Chat answers computed at once (measured with 16 users asking together: see `bookqa bench`).
 CHAT_CONCURRENCY = 16
 # Questions from the book's parts: 마이데이터, NFT, 마이페이먼트, cloud, smart factory, the author.

@@ -35,13 +35,14 @@ def serve(
 ) -> None:
     """Start the chat (at /ui) and the HTTP API (under /v1, docs at /docs); builds the index first if needed.
 
-    The server listens at once; `/readyz` turns 200 when the index, the model and Kiwi are loaded.
+    The server listens at once; `/readyz` turns 200 when the index, the model and Kiwi are loaded, and
+    the chat follows a few seconds later (`/ui` says it is preparing until then).
     """
     from service.startup import limit_malloc_arenas, start_loading
 
     limit_malloc_arenas()
     settings: Settings = ctx.obj
-    # Loading starts before the chat's imports, so the two overlap.
+    # Loading starts first; the chat (Gradio) is imported once the service is ready (see ui.server).
     loading = start_loading(settings, report=lambda message: console.print(escape(message), soft_wrap=True))
 
     import uvicorn
@@ -53,7 +54,8 @@ def serve(
     console.print(f"bookqa 채팅: http://{host}:{port}/ui/  (API: /v1, 문서: http://{host}:{port}/docs)")
     configure_logging(settings.log_level)
     # One JSON line per request comes from bookqa's own middleware (with its request id), not uvicorn's access log.
-    uvicorn.run(create_app(settings, loader=loading.result), host=host, port=port, log_level="info", access_log=False)
+    app = create_app(settings, loader=loading.result, defer_chat=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 for _entry in entry_points(group=COMMAND_GROUP):
