@@ -203,37 +203,29 @@ class ServingProcesses:
 
     def start(self, timeout: float) -> float:
         """Start the server; seconds from the process start to `/readyz` answering 200."""
-        started = self._started = time.perf_counter()
+        self._started = time.perf_counter()
         # A file, not a pipe: the server logs a JSON line per request, and an undrained pipe would block it.
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=self._log)
         self._sampler.start()
-        deadline = started + timeout
-        with httpx.Client(timeout=2) as client:
+        return self.wait_for("/readyz", timeout)
+
+    def wait_for(self, path: str, timeout: float) -> float:
+        """Seconds from the process start until `path` answers 200 (the chat is mounted after `/readyz`)."""
+        assert self.process is not None and self._log is not None, "start the server first"
+        deadline = time.perf_counter() + timeout
+        with httpx.Client(timeout=5) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
                     self._log.seek(0)
                     raise RuntimeError(f"bookqa serve exited: {self._log.read().decode(errors='replace')[-2000:]}")
-                try:
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        return time.perf_counter() - started
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.02)
-        raise RuntimeError(f"bookqa serve was not ready within {timeout:.0f} s")
-
-    def wait_for(self, path: str, timeout: float) -> float:
-        """Seconds from the process start until `path` answers 200 (the chat is mounted after `/readyz`)."""
-        deadline = time.perf_counter() + timeout
-        with httpx.Client(timeout=5) as client:
-            while time.perf_counter() < deadline:
                 try:
                     if client.get(f"{self.url}{path}").status_code == 200:
                         return time.perf_counter() - self._started
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.02)
-        raise RuntimeError(f"{path} did not answer within {timeout:.0f} s")
+        raise RuntimeError(f"bookqa serve: {path} did not answer 200 within {timeout:.0f} s")
 
     def _tree(self) -> list[psutil.Process]:
         """The server and every process it started (empty once it is gone)."""
@@ -245,25 +237,22 @@ class ServingProcesses:
         except psutil.NoSuchProcess:
             return []
 
-    def rss_mb(self) -> float:
-        """Summed resident memory of the server and every process it started."""
-        total = 0
-        for process in self._tree():
-            try:
-                total += process.memory_info().rss
-            except psutil.NoSuchProcess:
-                continue
-        return total / 2**20
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds used so far by the server and every process it started."""
+    def _summed(self, measure: Callable[[psutil.Process], float]) -> float:
         total = 0.0
         for process in self._tree():
             try:
-                total += _cpu_seconds(process.pid)
-            except psutil.NoSuchProcess:
+                total += measure(process)
+            except psutil.NoSuchProcess:  # ended between listing and measuring
                 continue
         return total
+
+    def rss_mb(self) -> float:
+        """Summed resident memory of the server and every process it started."""
+        return self._summed(lambda process: process.memory_info().rss) / 2**20
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server and every process it started."""
+        return self._summed(_cpu_seconds)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -355,9 +344,9 @@ def run_bench(settings: Settings, gold: Sequence[GoldQuestion], config: BenchCon
             rps[concurrency], failed = measure_throughput(server.url, texts, concurrency, config.load_seconds)
             errors += failed
         log(f"채팅 사용자 {config.chat_users}명을 재는 중…")
-        client_cpu, server_cpu = _cpu_seconds(os.getpid()), server.cpu_seconds()
+        client_cpu, server_cpu = _cpu_seconds(psutil.Process()), server.cpu_seconds()
         chat_s = _chat_seconds(server.url, distinct_questions(gold, config.chat_users, offset))
-        client_cpu, server_cpu = _cpu_seconds(os.getpid()) - client_cpu, server.cpu_seconds() - server_cpu
+        client_cpu, server_cpu = _cpu_seconds(psutil.Process()) - client_cpu, server.cpu_seconds() - server_cpu
         offset += config.chat_users
         chat_http_s = asyncio.run(_chat_http_seconds(server.url, distinct_questions(gold, config.chat_users, offset)))
         offset += config.chat_users
@@ -441,9 +430,9 @@ async def _chat_http_seconds(url: str, texts: Sequence[str]) -> list[float]:
         return list(await asyncio.gather(*(one(client, text) for text in texts)))
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(process: psutil.Process) -> float:
     """User + system CPU seconds a process has used so far."""
-    times = psutil.Process(pid).cpu_times()
+    times = process.cpu_times()
     return times.user + times.system
 
 
