@@ -33,16 +33,10 @@ def gold_or_exit(path: Path) -> list[GoldQuestion]:
 
 def faiss_engine_or_exit(settings: Settings) -> tuple[Settings, SearchEngine]:
     """The book's FAISS index, built if needed, and its engine (the benches compare other stores against it)."""
-    from indexer.corpus import CorpusError
-    from indexer.embedding import EmbedderError
     from indexer.engine import SearchEngine, ensure_index
-    from indexer.manifest import IndexLoadError
 
     settings = settings.model_copy(update={"store": "faiss"})
-    try:
-        ensure_index(settings)
-    except (IndexLoadError, EmbedderError, CorpusError) as error:
-        raise fail(error, EXIT_UNUSABLE) from error
+    load_or_exit(ensure_index, settings)
     return settings, load_or_exit(SearchEngine.load, settings)
 
 
