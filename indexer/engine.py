@@ -18,7 +18,7 @@ from indexer.chunking import Chunk, SentenceKind
 from indexer.batching import QueryBatcher
 from indexer.embedding import Embedder, QueryEncoder, load_query_encoder
 from indexer.facts import FactSpan, Token
-from indexer.korean import KoreanAnalyzer, get_analyzer
+from indexer.korean import KoreanAnalyzer, content_terms, get_analyzer
 from indexer.manifest import Manifest
 from indexer.retrieval import Passage, Retriever
 from indexer.settings import SEARCH_MODES, SearchMode, Settings
@@ -160,8 +160,8 @@ class SearchEngine:
         return vector
 
     def _query_terms(self, text: str) -> tuple[str, ...]:
-        """The Kiwi content morphemes of a question, for BM25 and lexical overlap."""
-        return tuple(self.analyzer.content_morphemes(text))
+        """The Kiwi content morphemes of a question, for BM25 and lexical overlap (from its cached tokens)."""
+        return tuple(content_terms(self.query_tokens(text)))
 
     def _query_tokens(self, text: str) -> tuple[Token, ...]:
         """Kiwi's tokens of a question with POS tags and offsets, for working out what it asks for."""

@@ -7,6 +7,7 @@ user dictionary.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -79,33 +80,36 @@ class KoreanAnalyzer:
         return [Token(t.form, t.tag, t.start, t.start + t.len) for t in found]
 
     def content_morphemes(self, text: str) -> list[str]:
-        """Lower-cased content morphemes, so `서울은` and `서울` share the token `서울`.
+        """Lower-cased content morphemes, so `서울은` and `서울` share the token `서울` (see `content_terms`)."""
+        return content_terms(self.tokens(text))
 
-        Kiwi splits the same unknown compound differently in different contexts (`스마트팩토리`,
-        `스마트 팩토리`), so a run of nouns written without spaces also yields the joined form.
-        """
-        if not text.strip():
-            return []
-        with self._lock:
-            tokens = self._kiwi.tokenize(text)
-        result: list[str] = []
-        run: list[str] = []
-        run_end = -1
-        for token in tokens:
-            form = token.form.lower()
-            is_compound_part = token.tag.startswith(_COMPOUND_TAG_PREFIXES)
-            if not (is_compound_part and token.start == run_end):
-                if len(run) > 1:
-                    result.append("".join(run))
-                run = []
-            if is_compound_part:
-                run.append(form)
-                run_end = token.start + token.len
-            if token.tag.startswith(_CONTENT_TAG_PREFIXES) and token.form not in _BOUND_NOUN_STOPWORDS:
-                result.append(form)
-        if len(run) > 1:
-            result.append("".join(run))
-        return result
+
+def content_terms(tokens: Sequence[Token]) -> list[str]:
+    """The content morphemes of Kiwi's tokens of a text, lower-cased, with joined noun compounds.
+
+    Kiwi splits the same unknown compound differently in different contexts (`스마트팩토리`,
+    `스마트 팩토리`), so a run of nouns written without spaces also yields the joined form. A
+    question's tokens serve both its BM25 terms and its analysis: one Kiwi call, which holds
+    Python's lock, per question.
+    """
+    result: list[str] = []
+    run: list[str] = []
+    run_end = -1
+    for token in tokens:
+        form = token.form.lower()
+        is_compound_part = token.tag.startswith(_COMPOUND_TAG_PREFIXES)
+        if not (is_compound_part and token.start == run_end):
+            if len(run) > 1:
+                result.append("".join(run))
+            run = []
+        if is_compound_part:
+            run.append(form)
+            run_end = token.end
+        if token.tag.startswith(_CONTENT_TAG_PREFIXES) and token.form not in _BOUND_NOUN_STOPWORDS:
+            result.append(form)
+    if len(run) > 1:
+        result.append("".join(run))
+    return result
 
 
 @lru_cache(maxsize=4)
