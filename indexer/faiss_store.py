@@ -21,11 +21,11 @@ import json
 import math
 import mmap
 import shutil
+import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import bm25s
 import faiss
 import numpy as np
 
@@ -42,6 +42,28 @@ from indexer.manifest import (
 )
 from indexer.settings import Settings
 from indexer.store import DocumentData, IndexContent, verify_chunks
+
+
+def _import_bm25s_without_numba():  # noqa: ANN202 (the module)
+    """bm25s, imported so that it does not load numba (a server's ~0.25 s of start and ~40 MB of LLVM).
+
+    bm25s imports numba whenever it is installed (ranx brings it along in the test extra), for
+    retrieval backends this store never calls: it scores with `get_scores` on numpy arrays. Masking
+    numba for the import makes bm25s take its numpy path; numba stays importable for anyone else.
+    """
+    if "bm25s" in sys.modules or "numba" in sys.modules:
+        import bm25s
+
+        return bm25s
+    sys.modules["numba"] = None  # type: ignore[assignment]  # `import numba` raises ImportError meanwhile
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
+    return bm25s
+
+
+bm25s = _import_bm25s_without_numba()
 
 CHUNKS = "chunks.jsonl"
 CHUNK_OFFSETS = "chunk_offsets.npy"

@@ -53,6 +53,15 @@ def test_lean_encoder_matches_sentence_transformers_on_the_book(engine: SearchEn
         assert cosines.min() > 0.9999, texts[int(cosines.argmin())]
 
 
+def test_batches_through_the_one_thread_copy_give_the_lone_questions_vectors(book_settings: Settings) -> None:
+    """Several questions at once run on a one-thread copy of the model: the same vectors as one at a time."""
+    lean = OpenVINOQueryEncoder(book_settings.model, book_settings.cache_dir, book_settings.precision, threads=2)
+    questions = [q.question for q in load_gold(GOLD)][:24]
+    alone = np.concatenate([lean.encode_queries([question]) for question in questions])
+    together = np.concatenate([lean.encode_queries(questions[i : i + 4]) for i in range(0, len(questions), 4)])
+    assert (alone * together).sum(axis=1).min() > 0.9999
+
+
 def test_the_compiled_model_is_cached_and_a_damaged_one_compiled_again(book_settings: Settings, tmp_path: Path) -> None:
     """Start-up loads OpenVINO's compiled model from beside the export; a truncated blob costs time, not answers."""
     import shutil
@@ -178,6 +187,8 @@ def test_serve_is_ready_without_torch_and_answers(engine: SearchEngine, private_
         assert chat.status_code == 200
         maps = Path(f"/proc/{server.pid}/maps").read_text()
         assert "libtorch" not in maps
+        # bm25s is imported without numba (its LLVM alone is ~40 MB), though the test extra installs it.
+        assert "llvmlite" not in maps
     finally:
         server.terminate()
         server.wait(30)
