@@ -190,14 +190,6 @@ class OpenVINOEncoder:
         try:
             self._tokenizer = core.compile_model(str(self.folder / TOKENIZER_XML), "CPU")
             self._model = core.compile_model(str(self.folder / MODEL_XML), "CPU", properties)
-            # Several texts at once go through a one-thread copy: a busy server's other core has Python to run,
-            # and one thread spends ~30 % less CPU a text than two that wait on each other (a busy server ~21
-            # instead of ~25 CPU-ms an answer). A lone question keeps both threads. The copy costs ~55 MB.
-            self._frugal = (
-                core.compile_model(str(self.folder / MODEL_XML), "CPU", {"INFERENCE_NUM_THREADS": "1"})
-                if threads != 1
-                else self._model
-            )
         except Exception as error:
             raise ExportError(f"OpenVINO 모델을 불러올 수 없습니다 ({self.folder}): {error}") from error
         self._input_names = {port.get_any_name() for port in self._model.inputs}
@@ -223,7 +215,7 @@ class OpenVINOEncoder:
             inputs = {"input_ids": ids, "attention_mask": mask}
             if "token_type_ids" in self._input_names:
                 inputs["token_type_ids"] = np.zeros_like(ids)
-            hidden = (self._frugal if len(texts) > 1 else self._model)(inputs)[0]
+            hidden = self._model(inputs)[0]
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:

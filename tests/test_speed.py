@@ -53,8 +53,8 @@ def test_lean_encoder_matches_sentence_transformers_on_the_book(engine: SearchEn
         assert cosines.min() > 0.9999, texts[int(cosines.argmin())]
 
 
-def test_batches_through_the_one_thread_copy_give_the_lone_questions_vectors(book_settings: Settings) -> None:
-    """Several questions at once run on a one-thread copy of the model: the same vectors as one at a time."""
+def test_questions_embedded_together_get_the_vectors_they_get_alone(book_settings: Settings) -> None:
+    """Micro-batching pads questions to the longest of their pass: that must not move their vectors."""
     lean = OpenVINOQueryEncoder(book_settings.model, book_settings.cache_dir, book_settings.precision, threads=2)
     questions = [q.question for q in load_gold(GOLD)][:24]
     alone = np.concatenate([lean.encode_queries([question]) for question in questions])
