@@ -129,6 +129,15 @@ def test_a_heading_answers_with_exact_offsets(qa: QAService, engine: SearchEngin
     assert engine.document_text(BOOK)[citation.answer_start : citation.answer_end] == "54억 달러"
 
 
+@pytest.mark.parametrize("question", ["What does IaaS stand for?", "IaaS는 무엇의 약자야?"])
+def test_an_acronym_question_quotes_where_the_book_spells_it_out(qa: QAService, question: str) -> None:
+    """`IaaS는 CPU, 메모리 등…` describes IaaS; only `IaaS(Infrastructure as a Service)` says what it stands for."""
+    result = qa.ask(question)
+    assert not result.abstained
+    assert result.answer.startswith("Infrastructure as a Service — ")
+    assert "IaaS(Infrastructure as a Service)" in result.citations[0].quote
+
+
 def test_the_next_sentence_joins_a_question_the_book_asks(qa: QAService) -> None:
     """"이들의 공통점은 뭘까?" introduces; the next sentence of the paragraph answers."""
     result = qa.ask("지메일, 넷플릭스, 줌 비디오의 공통점은?")
