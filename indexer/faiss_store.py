@@ -49,7 +49,8 @@ def _import_bm25s_without_numba():  # noqa: ANN202 (the module)
 
     bm25s imports numba whenever it is installed (ranx brings it along in the test extra), for
     retrieval backends this store never calls: it scores with `get_scores` on numpy arrays. Masking
-    numba for the import makes bm25s take its numpy path; numba stays importable for anyone else.
+    numba for the import makes bm25s take its numpy path; numba is importable again right after
+    (ranx needs it), so this runs at import time, before any thread of ours could want numba.
     """
     if "bm25s" in sys.modules or "numba" in sys.modules:
         import bm25s
