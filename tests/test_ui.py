@@ -74,6 +74,25 @@ def test_deferred_chat_follows_the_service_and_answers(qa: QAService) -> None:
         assert "(#bq-cite-1-1)" in _text(chat[-1]) and '<mark class="bq-quote">' in sources
 
 
+def test_a_chat_that_cannot_be_built_says_so_and_the_api_answers(qa: QAService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not "preparing" forever: /ui says the chat could not start, while /v1 keeps answering."""
+    from ui.server import DeferredChat
+
+    def broken(self: DeferredChat) -> object:
+        raise RuntimeError("gradio is broken here")
+
+    monkeypatch.setattr(DeferredChat, "_build", broken)
+    with LoopbackServer(create_app(loader=lambda: qa, defer_chat=True)) as running:
+        deadline = time.monotonic() + 30
+        page = httpx.get(f"{running.url}/ui/")
+        while "준비하고 있습니다" in page.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+            page = httpx.get(f"{running.url}/ui/")
+        assert page.status_code == 503 and "시작하지 못했습니다" in page.text
+        answer = httpx.post(f"{running.url}/v1/ask", json={"question": "마이데이터가 뭐야?"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["citations"]
+
+
 def test_markers_link_to_their_cards_and_text_stays_text() -> None:
     rendered = answer_markdown("가 [1] 나 [2] 다 [7] <b>x</b>", turn=3, markers={1, 2})
     assert "[\\[1\\]](#bq-cite-3-1)" in rendered and "[\\[2\\]](#bq-cite-3-2)" in rendered

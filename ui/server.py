@@ -26,6 +26,11 @@ CHAT_LOADING_PAGE = (
     '<!doctype html><html lang="ko"><head><meta charset="utf-8"><meta http-equiv="refresh" content="1">'
     "<title>bookqa</title></head><body><p>채팅 화면을 준비하고 있습니다. 잠시 후 저절로 열립니다.</p></body></html>"
 )
+# What it shows when the chat could not be built (the log says why); the API keeps answering.
+CHAT_FAILED_PAGE = (
+    '<!doctype html><html lang="ko"><head><meta charset="utf-8"><title>bookqa</title></head><body>'
+    "<p>채팅 화면을 시작하지 못했습니다. 서버 기록을 확인해 주세요. 질문 API(/v1)는 계속 쓸 수 있습니다.</p></body></html>"
+)
 # The chat is mounted once the service has loaded (or failed to), or after this long in any case.
 CHAT_WAIT_SECONDS = 600.0
 
@@ -79,6 +84,7 @@ class DeferredChat:
     def __init__(self, app: FastAPI) -> None:
         self.app = app
         self.chat: FastAPI | None = None
+        self.failed = False
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -93,6 +99,7 @@ class DeferredChat:
             chat = await asyncio.to_thread(self._build)
         except Exception:
             log.exception("the chat could not be built")
+            self.failed = True  # not "preparing" forever
             return
         # Gradio's own start-up (its queue, background tasks) normally runs in the app's lifespan.
         async with chat.router.lifespan_context(chat):
@@ -111,7 +118,10 @@ class DeferredChat:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.chat is None:
-            if scope["type"] == "http":
+            if scope["type"] == "http" and self.failed:
+                page = HTMLResponse(CHAT_FAILED_PAGE, status_code=503, headers={"Cache-Control": "no-store"})
+                await page(scope, receive, send)
+            elif scope["type"] == "http":
                 page = HTMLResponse(CHAT_LOADING_PAGE, status_code=503, headers={"Retry-After": "1", "Cache-Control": "no-store"})
                 await page(scope, receive, send)
             elif scope["type"] == "websocket":
