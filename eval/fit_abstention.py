@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
 from eval.gold import GoldQuestion
-from service.abstention import AbstentionModel
+from service.abstention import AbstentionModel, OffTopicGate
+from service.answer import model_key
 from service.evidence import FEATURES, SIGNAL_GROUPS
+from service.neighbours import ReferenceQuestions
 from service.qa import QAService
 
 # The answerable share the model may decline (out of fold, on dev): issue 10's bound on false abstentions.
@@ -47,6 +50,35 @@ def data_sha256(questions: Sequence[GoldQuestion]) -> str:
 def signal_matrix(qa: QAService, questions: Sequence[GoldQuestion]) -> np.ndarray:
     """One row of FEATURES per question, as `ask` would measure them (top_k 5, hybrid, no history)."""
     return np.array([[qa.evidence(q.question).features[name] for name in FEATURES] for q in questions], dtype=np.float64)
+
+
+def reference_questions(qa: QAService, dev: Sequence[GoldQuestion]) -> ReferenceQuestions | None:
+    """The dev part's off-topic and answerable questions with their vectors (None without off-topic ones)."""
+    off_topic = [q.question for q in dev if q.kind == "off-topic"]
+    answerable = [q.question for q in dev if q.answerable]
+    if not off_topic or not answerable:
+        return None
+    engine = qa.engine
+    return ReferenceQuestions(
+        off_topic, answerable, engine.embedder.encode_queries, engine.settings.cache_dir, model_key(engine)
+    )
+
+
+def likeness(qa: QAService, references: ReferenceQuestions, questions: Sequence[GoldQuestion]) -> np.ndarray:
+    """Each question's off-topic likeness as `ask` measures it (a reference is never its own neighbour)."""
+    return np.array(
+        [references.likeness(qa.engine.embed_query(q.question)[0], own_texts=(q.question,)) for q in questions]
+    )
+
+
+def fit_off_topic_gate(qa: QAService, dev: Sequence[GoldQuestion]) -> OffTopicGate | None:
+    """The gate's threshold: the highest likeness of a dev answerable question, so it declines none of them."""
+    references = reference_questions(qa, dev)
+    if references is None:
+        return None
+    answerable = [q for q in dev if q.answerable]
+    threshold = math.ceil(float(likeness(qa, references, answerable).max()) * 1e6) / 1e6
+    return OffTopicGate(threshold, references.off_topic, references.answerable)
 
 
 def _pipeline():  # scikit-learn is imported only for fitting, never at question time
@@ -113,7 +145,8 @@ def fit_on_gold(qa: QAService, gold: Sequence[GoldQuestion], gold_path: Path) ->
         # The signals hold cosines: another backend or precision moves them a little (refit then).
         "embedding": f"{qa.engine.manifest.model.backend}/{qa.engine.manifest.model.precision}",
     }
-    return fit_model(signal_matrix(qa, dev), y, FEATURES, fitted_on)
+    model = fit_model(signal_matrix(qa, dev), y, FEATURES, fitted_on)
+    return replace(model, off_topic_gate=fit_off_topic_gate(qa, dev))
 
 
 @dataclass(frozen=True)
@@ -129,17 +162,30 @@ class AblationRow:
 
 
 def ablation(qa: QAService, gold: Sequence[GoldQuestion]) -> list[AblationRow]:
-    """Refit on dev without each signal group (same threshold rule) and measure on the test part."""
+    """Refit on dev without each signal group (same threshold rule) and measure on the test part.
+
+    Every row keeps the off-topic gate fitted on dev, except the one that leaves the gate out.
+    """
     dev = dev_questions(gold)
     test = [q for q in gold if q.split == "test"]
     x_dev, x_test = signal_matrix(qa, dev), signal_matrix(qa, test)
     y_dev = np.array([int(q.answerable) for q in dev])
     kinds = np.array([q.kind for q in test])
     answerable = np.array([q.answerable for q in test])
+    gate = fit_off_topic_gate(qa, dev)
+    references = reference_questions(qa, dev)
+    gated = np.zeros(len(test), dtype=bool)
+    if gate is not None and references is not None:
+        gated = np.array([gate.declines(value) for value in likeness(qa, references, test)])
+    variants = [("(nothing: all signals)", (), True), *((name, dropped, True) for name, dropped in SIGNAL_GROUPS.items())]
+    if gate is not None:
+        variants.append(("off-topic gate (nearest dev questions)", (), False))
     rows = []
-    for name, dropped in [("(nothing: all signals)", ()), *SIGNAL_GROUPS.items()]:
+    for name, dropped, with_gate in variants:
         model = fit_model(x_dev, y_dev, [f for f in FEATURES if f not in dropped], {})
         abstained = np.array([model.abstains(dict(zip(FEATURES, row))) for row in x_test])
+        if with_gate:
+            abstained |= gated
         n_abstained = int(abstained.sum())
         rows.append(
             AblationRow(
@@ -179,6 +225,11 @@ def ablation_markdown(rows: Sequence[AblationRow]) -> str:
         f"{biggest.near_topic_recall:.3f} (false abstentions {full.false_abstentions:.3f} → "
         f"{biggest.false_abstentions:.3f}).",
     ]
+    off_topic = max(rows[1:], key=lambda row: full.off_topic_recall - row.off_topic_recall)
+    lines.append(
+        f"Removing **{off_topic.without}** moves off-topic recall most: {full.off_topic_recall:.3f} → "
+        f"{off_topic.off_topic_recall:.3f}."
+    )
     return "\n".join(lines) + "\n"
 
 

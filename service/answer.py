@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from indexer.engine import SearchEngine, SentenceMatch
 from indexer.retrieval import Passage
 from service.abstention import AbstentionModel, load_model
+from service.neighbours import ReferenceQuestions
 from service.evidence import BookVocabulary, Candidate, Evidence, answer_span, gather_evidence
 from service.question import CHECKABLE, MISSING_PHRASE
 
@@ -109,6 +110,7 @@ class ExtractiveAnswerer:
         self.engine = engine
         self._model = model
         self._vocabulary: BookVocabulary | None = None
+        self._references: ReferenceQuestions | None = None
         self._lock = threading.Lock()
 
     @property
@@ -128,6 +130,30 @@ class ExtractiveAnswerer:
                     self._vocabulary = BookVocabulary(self.engine)
         return self._vocabulary
 
+    def references(self) -> ReferenceQuestions | None:
+        """The off-topic gate's reference questions with their vectors (embedded or read from cache on first use)."""
+        gate = self.model.off_topic_gate
+        if gate is None:
+            return None
+        if self._references is None:
+            with self._lock:
+                if self._references is None:
+                    self._references = ReferenceQuestions(
+                        gate.off_topic,
+                        gate.answerable,
+                        self.engine.embedder.encode_queries,
+                        self.engine.settings.cache_dir,
+                        model_key(self.engine),
+                    )
+        return self._references
+
+    def off_topic_likeness(self, question: str, query: str) -> float | None:
+        """How much more the question looks like an off-topic reference question than an answerable one."""
+        references = self.references()
+        if references is None:
+            return None
+        return references.likeness(self.engine.embed_query(query)[0], own_texts=(question, query))
+
     def evidence(self, question: str, query: str, passages: list[Passage]) -> Evidence:
         """The candidates, the quote and the signals for a question (what the model decides on)."""
         return gather_evidence(self.engine, self.vocabulary, question, query, passages)
@@ -137,6 +163,11 @@ class ExtractiveAnswerer:
         evidence = self.evidence(question, query, passages)
         probability = self.model.probability(evidence.features)
         answer_type = evidence.frame.answer_type
+        gate = self.model.off_topic_gate
+        likeness = self.off_topic_likeness(question, query)
+        if gate is not None and likeness is not None and gate.declines(likeness):
+            # Off-topic: nothing of the book is near enough to cite, and no confidence in any quote.
+            return Answer(ABSTAIN_MESSAGE, True, [], passages, 0.0, answer_type=answer_type)
         if not evidence.quote or probability < self.model.threshold:
             text, citations = self._decline(evidence)
             return Answer(text, True, citations, passages, probability, answer_type=answer_type)
@@ -204,6 +235,13 @@ class ExtractiveAnswerer:
         )
         return text, citations
 
+
+
+def model_key(engine: SearchEngine) -> str:
+    """What makes query vectors comparable: the model, its backend, precision and prompt, and its probe."""
+    model = engine.manifest.model
+    probe = ",".join(f"{x:.3f}" for x in model.probe[:16])
+    return f"{model.name}|{model.backend}|{model.precision}|{model.query_prompt}|{probe}"
 
 
 def stream_pieces(answer: str) -> list[str]:

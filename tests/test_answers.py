@@ -227,6 +227,10 @@ def test_refitting_on_dev_gives_the_committed_model(qa: QAService) -> None:
     assert np.allclose(refit.mean, committed.mean, atol=0.01) and np.allclose(refit.scale, committed.scale, atol=0.01)
     assert abs(refit.intercept - committed.intercept) < 0.05
     assert abs(refit.threshold - committed.threshold) <= 0.02
+    assert refit.off_topic_gate is not None and committed.off_topic_gate is not None
+    assert refit.off_topic_gate.off_topic == committed.off_topic_gate.off_topic
+    assert refit.off_topic_gate.answerable == committed.off_topic_gate.answerable
+    assert abs(refit.off_topic_gate.threshold - committed.off_topic_gate.threshold) < 0.002
 
 
 def test_a_new_topic_in_a_conversation_is_judged_on_its_own_words(qa: QAService) -> None:
@@ -237,3 +241,65 @@ def test_a_new_topic_in_a_conversation_is_judged_on_its_own_words(qa: QAService)
     assert switched.abstained and switched.citations == []
     follow_up = qa.ask("그럼 그건 누가 제공해?", history=history)
     assert any("마이데이터" in p.text for p in follow_up.passages[:2])
+
+
+@pytest.mark.parametrize(
+    "question", ["Recommend a good pasta recipe for dinner.", "What time does the sun set in Paris in June?", "오늘 저녁 메뉴로 뭘 먹으면 좋을까?"]
+)
+def test_the_off_topic_gate_declines_what_looks_like_the_dev_parts_off_topic_questions(
+    qa: QAService, question: str
+) -> None:
+    """None of these is in the gold set; each is nearer an off-topic dev question than any answerable one."""
+    gate = qa.answerer.model.off_topic_gate
+    assert gate is not None
+    assert gate.declines(qa.answerer.off_topic_likeness(question, question))
+    result = qa.ask(question)
+    assert result.abstained and result.citations == [] and result.answer == ABSTAIN_MESSAGE
+
+
+def test_the_off_topic_gate_lets_the_books_questions_through(qa: QAService) -> None:
+    gate = qa.answerer.model.off_topic_gate
+    assert gate is not None
+    for question in ("마이데이터가 뭐야?", "What does IaaS stand for?", "스마트 팩토리를 도입하면 뭐가 좋아?"):
+        assert not gate.declines(qa.answerer.off_topic_likeness(question, question)), question
+        assert not qa.ask(question).abstained, question
+
+
+def test_a_reference_question_is_not_its_own_neighbour_and_vectors_are_cached(engine: SearchEngine, tmp_path: Path) -> None:
+    from service.answer import model_key
+    from service.neighbours import ReferenceQuestions
+
+    calls: list[int] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return engine.embedder.encode_queries(texts)
+
+    off_topic, answerable = ["오늘 서울 날씨 어때?", "라면 끓이는 법 알려줘"], ["마이데이터란 무엇인가?", "NFT는 무엇의 약자인가?"]
+    references = ReferenceQuestions(off_topic, answerable, encode, tmp_path, model_key(engine))
+    assert calls == [4]
+    vector = engine.embed_query("오늘 서울 날씨 어때?")[0]
+    # Against itself the question would look off-topic by construction; judged without itself, by the other one.
+    assert references.likeness(vector) > references.likeness(vector, own_texts=["오늘 서울 날씨 어때?"])
+    assert references.likeness(engine.embed_query("마이데이터가 뭐야?")[0]) < 0 < references.likeness(vector)
+    # The second build reads the cache: no embedding, the same answer.
+    again = ReferenceQuestions(off_topic, answerable, encode, tmp_path, model_key(engine))
+    assert calls == [4] and again.likeness(vector) == pytest.approx(references.likeness(vector))
+    # A damaged cache file is embedded again and rewritten, not trusted.
+    (cached,) = (tmp_path / "reference-questions").glob("*.npy")
+    cached.write_bytes(b"not a numpy file")
+    repaired = ReferenceQuestions(off_topic, answerable, encode, tmp_path, model_key(engine))
+    assert calls == [4, 4] and repaired.likeness(vector) == pytest.approx(references.likeness(vector), abs=1e-5)
+    assert np.load(cached).shape == (4, engine.embedder.dim)
+    # Another model's vectors are never reused for this one.
+    ReferenceQuestions(off_topic, answerable, encode, tmp_path, "another-model")
+    assert calls == [4, 4, 4]
+
+
+def test_a_gate_without_reference_questions_is_refused(tmp_path: Path) -> None:
+    payload = json.loads(MODEL_PATH.read_text(encoding="utf-8"))
+    payload["off_topic_gate"]["off_topic"] = []
+    broken = tmp_path / "model.json"
+    broken.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(AbstentionModelError, match="fit-abstention"):
+        load_model(broken)
