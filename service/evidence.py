@@ -72,7 +72,14 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
 }
 # Answer types whose check is exact (a date, a number, a place, a person) rather than any name in the sentence.
-STRICT_TYPES = frozenset({"date", "percent", "money", "quantity", "number", "place", "person"})
+STRICT_TYPES = frozenset({"date", "percent", "money", "quantity", "number", "place", "person", "organization"})
+# An organisation is a name the sentence calls one: "계열사인 그라운드X", "가전기업 하이어", "Kakao Corp".
+_ORGANISATION_NOUN = re.compile(
+    r"기업|회사|계열사|자회사|업체|은행|그룹|사업자|기관|부처|정부|협회|재단|연구소|대학|스타트업|빅테크|社|"
+    r"\b(?:company|corp|inc|bank|group|firm)\b",
+    re.IGNORECASE,
+)
+ORGANISATION_WINDOW = 10
 _SPACES = re.compile(r"\s+")
 
 
@@ -164,6 +171,12 @@ def _typed_facts(match: SentenceMatch, frame: QuestionFrame, question: str) -> t
         if fact.kind not in kinds:
             continue
         text = _squash(match.text[fact.start - match.start : fact.end - match.start])
+        if frame.answer_type == "organization":
+            around = match.text[
+                max(0, fact.start - match.start - ORGANISATION_WINDOW) : fact.end - match.start + ORGANISATION_WINDOW
+            ]
+            if not _ORGANISATION_NOUN.search(around):
+                continue
         if text and text not in asked:
             facts.append(fact)
     return tuple(facts)

@@ -43,6 +43,8 @@ def qa(engine: SearchEngine) -> QAService:
         ("하이어 본사는 중국 어느 도시에 있나요?", "place"),
         ("이더리움을 만든 사람은 누구인가요?", "person"),
         ("클레이튼을 만든 회사는 어디야?", "organization"),
+        # "어떤 회사" asks what kind of company ("금융 회사"), not which one.
+        ("마이데이터 서비스는 어떤 회사들이 제공해?", "other"),
         ("NFT는 무엇의 약자인가?", "name"),
         ("마이데이터란 무엇인가?", "definition"),
         ("NFT를 왜 대체 불가능한 토큰이라고 불러?", "reason"),
@@ -303,3 +305,13 @@ def test_a_gate_without_reference_questions_is_refused(tmp_path: Path) -> None:
     broken.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     with pytest.raises(AbstentionModelError, match="fit-abstention"):
         load_model(broken)
+
+
+def test_an_organisation_is_a_name_the_sentence_calls_one(qa: QAService) -> None:
+    """"하이브리드(hybrid)" and "OS" are names but not companies: a which-company question they would answer is declined."""
+    answered = qa.ask("클레이튼을 만든 회사는 어디야?")
+    assert not answered.abstained and "그라운드X" in answered.answer
+    for question in ("하이브리드 클라우드를 쓰는 기업 사례로는 어디가 있나요?", "SaaS 시장에서 매출이 가장 큰 기업은 어디인가요?"):
+        evidence = qa.evidence(question)
+        assert evidence.frame.answer_type == "organization" and evidence.features["type_missing"] == 1.0, question
+        assert qa.ask(question).abstained, question
