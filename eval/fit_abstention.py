@@ -226,10 +226,13 @@ def ablation_markdown(rows: Sequence[AblationRow]) -> str:
         f"{biggest.false_abstentions:.3f}).",
     ]
     off_topic = max(rows[1:], key=lambda row: full.off_topic_recall - row.off_topic_recall)
-    lines.append(
-        f"Removing **{off_topic.without}** moves off-topic recall most: {full.off_topic_recall:.3f} → "
-        f"{off_topic.off_topic_recall:.3f}."
-    )
+    if off_topic.off_topic_recall < full.off_topic_recall:
+        lines.append(
+            f"Removing **{off_topic.without}** moves off-topic recall most: {full.off_topic_recall:.3f} → "
+            f"{off_topic.off_topic_recall:.3f}."
+        )
+    else:
+        lines.append(f"No single group's removal lowers off-topic recall ({full.off_topic_recall:.3f}) on the test part.")
     return "\n".join(lines) + "\n"
 
 

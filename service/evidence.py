@@ -61,12 +61,13 @@ FEATURES = (
     "english_cosine",
     "english_margin",
     "english_type_missing",
+    "number_missing",
 )
 # Signal groups as the ablation removes them (eval/fit_abstention.py).
 SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "sentence score and margin": ("score", "cosine", "margin", "spread"),
     "answer type": ("typed", "type_missing", "name_missing", "english_type_missing"),
-    "key-content coverage (sentence + heading)": ("coverage", "book_term_coverage", "subject_missing"),
+    "key-content coverage (sentence + heading)": ("coverage", "book_term_coverage", "subject_missing", "number_missing"),
     "lexical evidence (book, passages)": ("book_coverage", "noun_book_coverage", "passage_coverage"),
     "heading line": ("heading",),
     "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
@@ -80,6 +81,11 @@ _ORGANISATION_NOUN = re.compile(
     re.IGNORECASE,
 )
 ORGANISATION_WINDOW = 10
+# Words a reader uses about the book itself (its author, titles, contents, parts), which its own text
+# never needs: a question using them is still about the book.
+BOOK_SELF_WORDS = frozenset(
+    "저자 작가 글쓴이 제목 소제목 목차 장 절 챕터 파트 이슈 서문 머리말 들어가며 나가며 author title chapter contents".split()
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -250,6 +256,10 @@ def gather_evidence(
     cosine = max(c.sentence.cosine for c in quote)
     margin = best.score - second
     type_missing = frame.checkable and not any(c.typed_facts for c in quote)
+    question_numbers = {t.form for t in engine.query_tokens(question) if t.tag == "SN"}
+    quoted_text = " ".join(
+        [c.sentence.text for c in quote] + [h for c in quote for h in c.sentence.heading_path]
+    )
     features = {
         "score": best.score,
         "cosine": cosine,
@@ -264,18 +274,19 @@ def gather_evidence(
         if book_terms
         else 0.0,
         "subject_missing": 1.0 if subject is not None and subject not in evidence_terms else 0.0,
-        "book_coverage": _weighted_share(key_terms, [vocabulary.in_book(t) for t in key_terms], vocabulary),
+        "book_coverage": _weighted_share(key_terms, [_about_book(t, vocabulary) for t in key_terms], vocabulary),
         # Off-topic questions share verbs with the book (좋다, 먹다) but not nouns (날씨, 라면). The book is
         # Korean, so an English question's nouns say nothing of this: they count as covered.
         "noun_book_coverage": 1.0
         if english
-        else _weighted_share(nouns, [vocabulary.in_book(t) for t in nouns], vocabulary),
+        else _weighted_share(nouns, [_about_book(t, vocabulary) for t in nouns], vocabulary),
         "passage_coverage": _weighted_share(key_terms, [t in passage_terms for t in key_terms], vocabulary),
         "heading": 1.0 if best.sentence.kind != "text" else 0.0,
         "english": english,
         "english_cosine": english * cosine,
         "english_margin": english * margin,
         "english_type_missing": english * (1.0 if type_missing else 0.0),
+        "number_missing": 1.0 if any(n not in quoted_text for n in question_numbers) else 0.0,
     }
     covered = tuple(noun for noun in frame.nouns if any(t in evidence_terms for t in _noun_terms(noun)))
     extra = [
@@ -286,6 +297,10 @@ def gather_evidence(
         and (not frame.checkable or c.typed_facts)
     ][: max(0, MAX_ANSWER_SENTENCES - len(quote))]
     return Evidence(frame, candidates, quote, features, covered, extra)
+
+
+def _about_book(term: str, vocabulary: BookVocabulary) -> bool:
+    return vocabulary.in_book(term) or term in BOOK_SELF_WORDS
 
 
 def _expands(sentence: str, acronym: str) -> bool:

@@ -315,3 +315,13 @@ def test_an_organisation_is_a_name_the_sentence_calls_one(qa: QAService) -> None
         evidence = qa.evidence(question)
         assert evidence.frame.answer_type == "organization" and evidence.features["type_missing"] == 1.0, question
         assert qa.ask(question).abstained, question
+
+
+def test_a_number_the_quote_does_not_hold_and_words_about_the_book_itself(qa: QAService) -> None:
+    """"2024년" is not the book's 2023: the quote misses the question's number. "제목", "목차", "저자" are not in
+    the book's text but are about the book: they do not make a question look off-topic."""
+    assert qa.evidence("2024년 디지털 트렌드 전망은 어떻게 되나요?").features["number_missing"] == 1.0
+    assert qa.evidence("2023년 디지털 트렌드 전망은 어떻게 되나요?").features["number_missing"] == 0.0
+    about_the_book = qa.evidence("목차에서 디지털 노마드를 어떤 사람들로 소개하나요?").features
+    assert about_the_book["noun_book_coverage"] == 1.0 and about_the_book["book_coverage"] == 1.0
+    assert qa.evidence("날씨에서 디지털 노마드를 어떤 사람들로 소개하나요?").features["noun_book_coverage"] < 1.0
