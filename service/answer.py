@@ -9,6 +9,7 @@ part; when the book names the subject but not the asked fact, the answer says so
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from service.neighbours import ReferenceQuestions
 from service.evidence import BookVocabulary, Candidate, Evidence, answer_span, gather_evidence
 from service.question import CHECKABLE, MISSING_PHRASE
 
+log = logging.getLogger(__name__)
 ABSTAIN_MESSAGE = "책에서 이 질문에 대한 내용을 찾지 못했습니다. 이 책은 이 주제를 다루지 않는 것 같습니다."
 # Sentence score of quotes for generated answers = cosine + LEXICAL_WEIGHT * share of the question's morphemes.
 LEXICAL_WEIGHT = 0.1
@@ -120,6 +122,7 @@ class ExtractiveAnswerer:
             with self._lock:
                 if self._model is None:
                     self._model = load_model()
+                    warn_if_fitted_for_another_model(self._model, self.engine)
         return self._model
 
     @property
@@ -235,6 +238,24 @@ class ExtractiveAnswerer:
         )
         return text, citations
 
+
+
+def warn_if_fitted_for_another_model(model: AbstentionModel, engine: SearchEngine) -> bool:
+    """Log a warning when the decision was fitted on another embedding model's cosines (True if so).
+
+    Its thresholds are cosines of that model; another model answers, but its declines are uncalibrated.
+    """
+    fitted = model.fitted_on.get("model")
+    running = engine.manifest.model.name
+    if fitted and fitted != running:
+        log.warning(
+            "답변 판단 모델은 %s 임베딩으로 학습되었는데 지금 모델은 %s입니다. 답변/거절 판단이 맞지 않을 수 있습니다: "
+            "`bookqa fit-abstention`으로 다시 학습하세요.",
+            fitted,
+            running,
+        )
+        return True
+    return False
 
 
 def model_key(engine: SearchEngine) -> str:

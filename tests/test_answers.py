@@ -325,3 +325,16 @@ def test_a_number_the_quote_does_not_hold_and_words_about_the_book_itself(qa: QA
     about_the_book = qa.evidence("목차에서 디지털 노마드를 어떤 사람들로 소개하나요?").features
     assert about_the_book["noun_book_coverage"] == 1.0 and about_the_book["book_coverage"] == 1.0
     assert qa.evidence("날씨에서 디지털 노마드를 어떤 사람들로 소개하나요?").features["noun_book_coverage"] < 1.0
+
+
+def test_a_decision_fitted_for_another_model_is_flagged(engine: SearchEngine, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    from service.answer import warn_if_fitted_for_another_model
+
+    model = load_model()
+    assert not warn_if_fitted_for_another_model(model, engine)
+    other = replace(model, fitted_on={**model.fitted_on, "model": "another-embedding-model"})
+    with caplog.at_level("WARNING"):
+        assert warn_if_fitted_for_another_model(other, engine)
+    assert "fit-abstention" in caplog.text and "another-embedding-model" in caplog.text
