@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from indexer.engine import SearchEngine, SentenceMatch
 from indexer.retrieval import Passage
 from service.abstention import AbstentionModel, load_model
-from service.neighbours import ReferenceQuestions
 from service.evidence import BookVocabulary, Candidate, Evidence, answer_span, gather_evidence
+from service.neighbours import ReferenceQuestions
 from service.question import CHECKABLE, MISSING_PHRASE
 
 log = logging.getLogger(__name__)
