@@ -71,9 +71,10 @@ def likeness(qa: QAService, references: ReferenceQuestions, questions: Sequence[
     )
 
 
-def fit_off_topic_gate(qa: QAService, dev: Sequence[GoldQuestion]) -> OffTopicGate | None:
+def fit_off_topic_gate(
+    qa: QAService, dev: Sequence[GoldQuestion], references: ReferenceQuestions | None
+) -> OffTopicGate | None:
     """The gate's threshold: the highest likeness of a dev answerable question, so it declines none of them."""
-    references = reference_questions(qa, dev)
     if references is None:
         return None
     answerable = [q for q in dev if q.answerable]
@@ -146,7 +147,7 @@ def fit_on_gold(qa: QAService, gold: Sequence[GoldQuestion], gold_path: Path) ->
         "embedding": f"{qa.engine.manifest.model.backend}/{qa.engine.manifest.model.precision}",
     }
     model = fit_model(signal_matrix(qa, dev), y, FEATURES, fitted_on)
-    return replace(model, off_topic_gate=fit_off_topic_gate(qa, dev))
+    return replace(model, off_topic_gate=fit_off_topic_gate(qa, dev, reference_questions(qa, dev)))
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,8 @@ def ablation(qa: QAService, gold: Sequence[GoldQuestion]) -> list[AblationRow]:
     y_dev = np.array([int(q.answerable) for q in dev])
     kinds = np.array([q.kind for q in test])
     answerable = np.array([q.answerable for q in test])
-    gate = fit_off_topic_gate(qa, dev)
     references = reference_questions(qa, dev)
+    gate = fit_off_topic_gate(qa, dev, references)
     gated = np.zeros(len(test), dtype=bool)
     if gate is not None and references is not None:
         gated = np.array([gate.declines(value) for value in likeness(qa, references, test)])
