@@ -338,3 +338,15 @@ def test_a_decision_fitted_for_another_model_is_flagged(engine: SearchEngine, ca
     with caplog.at_level("WARNING"):
         assert warn_if_fitted_for_another_model(other, engine)
     assert "fit-abstention" in caplog.text and "another-embedding-model" in caplog.text
+
+
+def test_a_question_asking_what_something_is_likened_to_quotes_the_comparison(
+    qa: QAService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.evidence as evidence
+
+    question = "클라우드 요금 방식은 무엇에 비유되나요?"
+    answer = qa.ask(question)
+    assert not answer.abstained and "전기, 수도" in answer.answer
+    monkeypatch.setattr(evidence, "SIMILE_WEIGHT", 0.0)
+    assert "전기, 수도" not in qa.ask(question).answer
