@@ -350,3 +350,14 @@ def test_a_question_asking_what_something_is_likened_to_quotes_the_comparison(
     assert not answer.abstained and "전기, 수도" in answer.answer
     monkeypatch.setattr(evidence, "SIMILE_WEIGHT", 0.0)
     assert "전기, 수도" not in qa.ask(question).answer
+
+
+def test_a_question_asking_what_a_description_is_called_prefers_a_defining_sentence(
+    qa: QAService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.evidence as evidence
+
+    question = "프로그램 만드는 도구와 운영체제까지 빌려주는 클라우드 종류는?"
+    assert "PaaS는" in qa.ask(question).answer
+    monkeypatch.setattr(evidence, "TERM_WEIGHT", 0.0)
+    assert "PaaS는" not in qa.ask(question).answer
