@@ -103,6 +103,8 @@ ORGANISATION_WINDOW = 10
 BOOK_SELF_WORDS = frozenset(
     "저자 작가 글쓴이 제목 소제목 목차 장 절 챕터 파트 이슈 서문 머리말 들어가며 나가며 author title chapter contents".split()
 )
+_MONTH_ASKED = re.compile(r"몇\s*월|어느\s*달|무슨\s*달|what month|which month", re.IGNORECASE)
+_MONTH = re.compile(r"\d{1,2}월|january|february|march|april|may|june|july|august|september|october|november|december", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SPACES = re.compile(r"\s+")
 
@@ -190,11 +192,15 @@ def _typed_facts(match: SentenceMatch, frame: QuestionFrame, question: str) -> t
         return ()
     kinds = SATISFIED_BY[frame.answer_type]
     asked = _squash(question)
+    # "몇 년 몇 월에": a year alone does not answer it.
+    month_asked = frame.answer_type == "date" and _MONTH_ASKED.search(question) is not None
     facts = []
     for fact in match.facts:
         if fact.kind not in kinds:
             continue
         text = _squash(match.text[fact.start - match.start : fact.end - match.start])
+        if month_asked and not _MONTH.search(text):
+            continue
         if frame.answer_type == "organization":
             around = match.text[
                 max(0, fact.start - match.start - ORGANISATION_WINDOW) : fact.end - match.start + ORGANISATION_WINDOW

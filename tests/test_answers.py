@@ -361,3 +361,11 @@ def test_a_question_asking_what_a_description_is_called_prefers_a_defining_sente
     assert "PaaS는" in qa.ask(question).answer
     monkeypatch.setattr(evidence, "TERM_WEIGHT", 0.0)
     assert "PaaS는" not in qa.ask(question).answer
+
+
+def test_a_question_asking_for_the_month_is_not_answered_by_a_year(qa: QAService) -> None:
+    """The book says 마이데이터 policy is pushed toward 2023, never in which month: a year is not the asked date."""
+    with_month = qa.evidence("금융 마이데이터 서비스는 몇 년 몇 월에 본격 시행됐나요?")
+    assert with_month.features["type_missing"] == 1.0
+    year_only = qa.evidence("금융 마이데이터 서비스는 몇 년에 본격 시행됐나요?")
+    assert year_only.frame.answer_type == "date" and year_only.features["type_missing"] == 0.0
