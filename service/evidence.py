@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from indexer.engine import SearchEngine, SentenceMatch
@@ -21,8 +21,8 @@ from indexer.retrieval import Passage
 from service.question import SATISFIED_BY, QuestionFrame, frame_question
 
 # Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
-# (+ TYPE_WEIGHT when it holds the asked kind of answer, + EXPANSION_WEIGHT when it spells out the acronym
-# the question asks about); weights chosen on the dev part of the gold set.
+# (+ TYPE_WEIGHT when it holds the asked kind of answer, + the wording bonuses below when the question
+# asks for an acronym's expansion, a comparison or a term); weights chosen on the dev part of the gold set.
 LEXICAL_WEIGHT = 0.1
 TYPE_WEIGHT = 0.02
 # Added to a sentence that spells out the acronym a question asks to expand ("What does IaaS stand for?",
@@ -232,10 +232,7 @@ def gather_evidence(
     """
     frame = frame_question(question, engine.query_terms(query), engine.query_tokens(query))
     query_terms = set(engine.query_terms(query))
-    acronyms = _ACRONYM.findall(question) if _EXPANSION_ASKED.search(question) else []
-    simile_asked = _SIMILE_ASKED.search(question) is not None
-    term_asked = _TERM_ASKED.search(question) is not None
-    squashed_question = _squash(question)
+    cue_bonus = wording_bonus(question)
     seen: set[tuple[str, int, int]] = set()
     candidates: list[Candidate] = []
     for match in engine.sentence_matches(query, [passage.chunk_id for passage in passages]):
@@ -245,15 +242,7 @@ def gather_evidence(
         seen.add(key)
         overlap = len(query_terms & set(match.terms)) / len(query_terms) if query_terms else 0.0
         typed = _typed_facts(match, frame, query)
-        score = match.cosine + LEXICAL_WEIGHT * overlap + (TYPE_WEIGHT if typed else 0.0)
-        if acronyms and any(_expands(match.text, acronym) for acronym in acronyms):
-            score += EXPANSION_WEIGHT
-        if simile_asked and _SIMILE.search(match.text):
-            score += SIMILE_WEIGHT
-        if term_asked:
-            defined = _TERM_DEFINED.match(match.text)
-            if defined and _squash(defined.group(1)) not in squashed_question:
-                score += TERM_WEIGHT
+        score = match.cosine + LEXICAL_WEIGHT * overlap + (TYPE_WEIGHT if typed else 0.0) + cue_bonus(match.text)
         candidates.append(Candidate(match, overlap, typed, score, len(candidates)))
     by_position = list(candidates)
     candidates.sort(key=lambda c: (-c.score, c.position))
@@ -334,6 +323,29 @@ def gather_evidence(
 
 def _about_book(term: str, vocabulary: BookVocabulary) -> bool:
     return vocabulary.in_book(term) or term in BOOK_SELF_WORDS
+
+
+def wording_bonus(question: str) -> Callable[[str], float]:
+    """What a sentence's wording adds to its score for this question: the acronym spelled out, the
+    comparison drawn, or a term defined, when the question asks for that (each weight's comment says why)."""
+    acronyms = _ACRONYM.findall(question) if _EXPANSION_ASKED.search(question) else []
+    simile_asked = _SIMILE_ASKED.search(question) is not None
+    term_asked = _TERM_ASKED.search(question) is not None
+    asked = _squash(question)
+
+    def bonus(sentence: str) -> float:
+        total = 0.0
+        if acronyms and any(_expands(sentence, acronym) for acronym in acronyms):
+            total += EXPANSION_WEIGHT
+        if simile_asked and _SIMILE.search(sentence):
+            total += SIMILE_WEIGHT
+        if term_asked:
+            defined = _TERM_DEFINED.match(sentence)
+            if defined and _squash(defined.group(1)) not in asked:
+                total += TERM_WEIGHT
+        return total
+
+    return bonus
 
 
 def _expands(sentence: str, acronym: str) -> bool:
