@@ -79,12 +79,19 @@ FEATURES = (
     "english_margin",
     "english_type_missing",
     "number_missing",
+    "fact_context",
 )
 # Signal groups as the ablation removes them (eval/fit_abstention.py).
 SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "sentence score and margin": ("score", "cosine", "margin", "spread"),
     "answer type": ("typed", "type_missing", "name_missing", "english_type_missing"),
-    "key-content coverage (sentence + heading)": ("coverage", "book_term_coverage", "subject_missing", "number_missing"),
+    "key-content coverage (sentence + heading)": (
+        "coverage",
+        "book_term_coverage",
+        "subject_missing",
+        "number_missing",
+        "fact_context",
+    ),
     "lexical evidence (book, passages)": ("book_coverage", "noun_book_coverage", "passage_coverage"),
     "heading line": ("heading",),
     "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
@@ -309,6 +316,7 @@ def gather_evidence(
         "english_margin": english * margin,
         "english_type_missing": english * (1.0 if type_missing else 0.0),
         "number_missing": 1.0 if number_missing else 0.0,
+        "fact_context": _fact_context(quote, frame, vocabulary),
     }
     covered = tuple(noun for noun in frame.nouns if any(t in evidence_terms for t in _noun_terms(noun)))
     extra = [
@@ -323,6 +331,41 @@ def gather_evidence(
 
 def _about_book(term: str, vocabulary: BookVocabulary) -> bool:
     return vocabulary.in_book(term) or term in BOOK_SELF_WORDS
+
+
+def _fact_context(quote: Sequence[Candidate], frame: QuestionFrame, vocabulary: BookVocabulary) -> float:
+    """How much a quoted figure or date is the question's: the question's key words just before it (at most 1).
+
+    "한국 기업의 도입률은 몇 퍼센트" quoted with "덴마크의 경우 … 기업의 24%" has a percent, but not Korea's.
+    Other kinds of question get 1 (names carry their own check in `answer_span`), and so do English ones:
+    their words are never in the Korean text, so their absence says nothing.
+    """
+    if frame.lang == "en" or frame.answer_type not in ("date", "percent", "money", "quantity", "number"):
+        return 1.0
+    best = 0.0
+    for candidate in quote:
+        occurrences = _key_term_occurrences(candidate.sentence, frame, vocabulary)
+        for fact in candidate.typed_facts:
+            best = max(best, _context_weight(fact, occurrences))
+    return min(best, 1.0)
+
+
+def _key_term_occurrences(
+    sentence: SentenceMatch, frame: QuestionFrame, vocabulary: BookVocabulary
+) -> list[tuple[int, int, float]]:
+    """Where the question's key words occur in the sentence (document offsets), each with its scaled rarity."""
+    lowered = sentence.text.lower()
+    return [
+        (sentence.start + match.start(), sentence.start + match.end(), vocabulary.idf(term) / vocabulary.max_idf)
+        for term in frame.key_terms
+        if len(term) > 1
+        for match in re.finditer(re.escape(term), lowered)
+    ]
+
+
+def _context_weight(fact: FactSpan, occurrences: Sequence[tuple[int, int, float]]) -> float:
+    """The rarity of the key words ending just before a fact: Korean puts the subject before its figure."""
+    return sum(weight for _, end, weight in occurrences if fact.start - FACT_CONTEXT_CHARS <= end <= fact.start)
 
 
 def wording_bonus(question: str) -> Callable[[str], float]:
@@ -413,13 +456,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
     if not facts:
         return None
     sentence = candidate.sentence
-    lowered = sentence.text.lower()
-    occurrences = [
-        (sentence.start + match.start(), sentence.start + match.end(), vocabulary.idf(term) / vocabulary.max_idf)
-        for term in frame.key_terms
-        if len(term) > 1
-        for match in re.finditer(re.escape(term), lowered)
-    ]
+    occurrences = _key_term_occurrences(sentence, frame, vocabulary)
 
     asked = frame.text
     unit = re.search(r"몇\s*([가-힣%]+?)(?:이나|이야|야|요|인가|인지|을|를|가|이|은|는|에|\s|\?|$)", asked)
@@ -438,9 +475,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
 
     def score(fact: FactSpan) -> float:
         raw = sentence.text[fact.start - sentence.start : fact.end - sentence.start]
-        total = preference(fact, raw) + sum(
-            weight for start, end, weight in occurrences if fact.start - FACT_CONTEXT_CHARS <= end <= fact.start
-        )
+        total = preference(fact, raw) + _context_weight(fact, occurrences)
         if fact.kind in ("name", "title", "place", "person"):
             text = _squash(sentence.text[fact.start - sentence.start : fact.end - sentence.start])
             if any(start < fact.end and fact.start < end for start, end, _ in occurrences):

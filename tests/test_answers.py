@@ -369,3 +369,13 @@ def test_a_question_asking_for_the_month_is_not_answered_by_a_year(qa: QAService
     assert with_month.features["type_missing"] == 1.0
     year_only = qa.evidence("금융 마이데이터 서비스는 몇 년에 본격 시행됐나요?")
     assert year_only.frame.answer_type == "date" and year_only.features["type_missing"] == 0.0
+
+
+def test_a_figure_is_the_questions_only_when_its_words_lead_up_to_it(qa: QAService) -> None:
+    """덴마크's 5% of 중소기업 is led up to by a question about 덴마크 중소기업 more than by one about 한국 기업 (only
+    "기업의 24%" shares a word); English words never occur in the book, so they count as leading up."""
+    danish = qa.evidence("덴마크 중소기업의 인공지능 사용률은 몇 퍼센트야?").features["fact_context"]
+    korean = qa.evidence("한국 기업의 인공지능 도입률은 몇 퍼센트인가요?").features["fact_context"]
+    assert danish > korean > 0.0
+    assert qa.evidence("마이데이터가 뭐야?").features["fact_context"] == 1.0
+    assert qa.evidence("What share of Danish SMEs used AI as of 2019?").features["fact_context"] == 1.0
