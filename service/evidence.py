@@ -96,7 +96,8 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
     "heading line": ("heading",),
     "language": ("english", "english_cosine", "english_margin", "english_type_missing"),
 }
-# Answer types whose check is exact (a date, a number, a place, a person) rather than any name in the sentence.
+# Answer types whose check is exact (a date, a number, a place, a person, a company the sentence calls one)
+# rather than any name in the sentence.
 STRICT_TYPES = frozenset({"date", "percent", "money", "quantity", "number", "place", "person", "organization"})
 # An organisation is a name the sentence calls one: "계열사인 그라운드X", "가전기업 하이어", "Kakao Corp".
 _ORGANISATION_NOUN = re.compile(
