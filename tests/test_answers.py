@@ -363,6 +363,21 @@ def test_a_question_asking_what_a_description_is_called_prefers_a_defining_sente
     assert "PaaS는" not in qa.ask(question).answer
 
 
+def test_near_words_count_for_a_question_in_the_readers_own_words(
+    qa: QAService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """"닮은 사업자를 규정한" is the book's "정의된 … 와 유사하다": Kiwi's near words pick that sentence."""
+    import service.evidence as evidence
+
+    assert evidence.near_word_share({"규정", "닮"}, {"정의", "유사"}, {"규정": {"정의": 0.6}, "닮": {}}) == 0.3
+    assert evidence.near_word_share({"규정"}, {"규정"}, {"규정": {"정의": 0.6}}) == 0.0
+
+    question = "유럽에서 마이페이먼트와 닮은 사업자를 규정한 규칙은?"
+    assert "PSD2" in qa.evidence(question).candidates[0].sentence.text
+    monkeypatch.setattr(evidence, "NEAR_WORD_WEIGHT", 0.0)
+    assert "PSD2" not in qa.evidence(question).candidates[0].sentence.text
+
+
 def test_a_question_asking_for_the_month_is_not_answered_by_a_year(qa: QAService) -> None:
     """The book says 마이데이터 policy is pushed toward 2023, never in which month: a year is not the asked date."""
     with_month = qa.evidence("금융 마이데이터 서비스는 몇 년 몇 월에 본격 시행됐나요?")

@@ -44,6 +44,14 @@ def test_morphemes_keep_numbers_and_foreign_words_lowercased(analyzer: KoreanAna
     assert {"54", "억", "달러", "mandiant", "인수"} <= set(tokens)
 
 
+def test_a_readers_word_finds_the_books_through_kiwis_language_model(analyzer: KoreanAnalyzer) -> None:
+    """앞날 (the reader's) is near 장래; a joined compound or a made-up word has no neighbours, and no error."""
+    near = analyzer.term_neighbours(analyzer.tokens("저자가 예전 책에서 그린 건 어떤 분야의 앞날이야?"))
+    assert near["앞날"]["장래"] > 0.5
+    assert all(cosine >= 0.5 for forms in near.values() for cosine in forms.values())
+    assert analyzer.term_neighbours(analyzer.tokens("스마트팩토리 쀍쀍")) == {"스마트팩토리": {}, "쀍쀍": {}}
+
+
 def test_sentence_spans_are_exact_and_ordered(analyzer: KoreanAnalyzer, book_text: str) -> None:
     line = book_text.splitlines()[42]
     spans = analyzer.split_sentences(line)
