@@ -140,7 +140,6 @@ class SearchEngine:
         self.embed_query = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._embed_query)
         self.query_terms = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_terms)
         self.query_tokens = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_tokens)
-        self.query_neighbours = lru_cache(maxsize=QUERY_CACHE_SIZE)(self._query_neighbours)
         self._retriever = Retriever(
             self._store,
             self.embed_query,
@@ -168,19 +167,16 @@ class SearchEngine:
         """Kiwi's tokens of a question with POS tags and offsets, for working out what it asks for."""
         return tuple(self.analyzer.tokens(text))
 
-    def _query_neighbours(self, text: str) -> dict[str, dict[str, float]]:
-        """Each content morpheme of a question with the forms Kiwi's language model places nearest it.
-
-        A reader's word the book does not use (앞날) still points at the book's (장래); read-only, as it is cached.
-        """
-        return self.analyzer.term_neighbours(self.query_tokens(text))
+    def query_neighbours(self, text: str, terms: Collection[str]) -> dict[str, dict[str, float]]:
+        """Those of a question's content morphemes named in `terms`, each with the forms Kiwi's language model
+        places nearest it: a reader's word the book does not use (앞날) still points at the book's (장래)."""
+        return self.analyzer.term_neighbours(self.query_tokens(text), terms)
 
     def clear_caches(self) -> None:
         """Forget cached query vectors and morphemes (so a timed question pays for them, like a new one)."""
         self.embed_query.cache_clear()
         self.query_terms.cache_clear()
         self.query_tokens.cache_clear()
-        self.query_neighbours.cache_clear()
 
     def search(
         self, query: str, top_k: int = 5, mode: SearchMode = "hybrid", docs: Collection[str] | None = None
