@@ -14,7 +14,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from indexer.engine import SearchEngine, SentenceMatch
+from indexer.engine import SearchEngine
 from indexer.retrieval import Passage
 from service.abstention import AbstentionModel, load_model
 from service.evidence import BookVocabulary, Candidate, Evidence, answer_span, gather_evidence
@@ -23,10 +23,6 @@ from service.question import CHECKABLE, MISSING_PHRASE
 
 log = logging.getLogger(__name__)
 ABSTAIN_MESSAGE = "책에서 이 질문에 대한 내용을 찾지 못했습니다. 이 책은 이 주제를 다루지 않는 것 같습니다."
-# Sentence score of quotes for generated answers = cosine + LEXICAL_WEIGHT * share of the question's morphemes.
-LEXICAL_WEIGHT = 0.1
-# Fragments are not quotes for generated answers.
-MIN_SENTENCE_CHARS = 12
 # Nouns that only say what kind of thing is asked for ("어느 나라", "몇 곳"), never what it is about.
 GENERIC_NOUNS = frozenset("나라 도시 지역 국가 곳 기관 사람 인물 연도 시기 비율 금액 숫자 수 해 이름 종류 정도".split())
 # A lead longer than this share of its sentence would only repeat the quote.
@@ -63,35 +59,6 @@ class Answer:
     notes: list[str] = field(default_factory=list)
     # What the question asks for (date, percent, place, name, definition, reason…), see service.question.
     answer_type: str | None = None
-
-
-@dataclass(frozen=True)
-class ScoredSentence:
-    """A sentence of a retrieved passage with its match score against the question."""
-
-    sentence: SentenceMatch
-    score: float
-
-    def citation(self, number: int) -> Citation:
-        """This sentence as the citation of marker `number`."""
-        s = self.sentence
-        return Citation(number, s.chunk_id, s.doc, s.section, s.start, s.end, s.text, page=s.page)
-
-
-def score_sentences(engine: SearchEngine, question: str, passages: list[Passage]) -> list[ScoredSentence]:
-    """Every distinct sentence of the passages with its score, best first."""
-    query_terms = set(engine.query_terms(question))
-    seen: set[tuple[str, int, int]] = set()
-    scored: list[ScoredSentence] = []
-    for match in engine.sentence_matches(question, [passage.chunk_id for passage in passages]):
-        key = (match.doc, match.start, match.end)
-        if key in seen or len(match.text) < MIN_SENTENCE_CHARS or match.text in match.heading_path:
-            continue
-        seen.add(key)
-        overlap = len(query_terms & set(match.terms)) / len(query_terms) if query_terms else 0.0
-        scored.append(ScoredSentence(match, match.cosine + LEXICAL_WEIGHT * overlap))
-    scored.sort(key=lambda s: -s.score)
-    return scored
 
 
 def topic_particle(word: str) -> str:
