@@ -21,8 +21,9 @@ from indexer.retrieval import Passage
 from service.question import SATISFIED_BY, QuestionFrame, frame_question
 
 # Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
-# (+ NEAR_WORD_WEIGHT * the share the sentence holds only as near words, + TYPE_WEIGHT when it holds the asked kind of answer, + the wording bonuses below when the question
-# asks for an acronym's expansion, a comparison or a term); weights chosen on the dev part of the gold set.
+# (+ NEAR_WORD_WEIGHT * how near it comes to the question's words no passage has, + TYPE_WEIGHT when it
+# holds the asked kind of answer, + the wording bonuses below when the question asks for an acronym's
+# expansion, a comparison or a term); weights chosen on the dev part of the gold set.
 LEXICAL_WEIGHT = 0.1
 TYPE_WEIGHT = 0.02
 # A question's word no retrieved sentence has counts, in each sentence, by the cosine of the nearest form
