@@ -378,6 +378,17 @@ def test_near_words_count_for_a_question_in_the_readers_own_words(
     assert "PSD2" not in qa.evidence(question).candidates[0].sentence.text
 
 
+def test_a_why_question_quotes_the_sentence_that_explains(qa: QAService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best sentence says the cloud was a chance for start-ups; the reason (its cost) is the next one."""
+    import service.evidence as evidence
+
+    question = "왜 클라우드가 초창기 스타트업에게 큰 기회로 작용했나요?"
+    answer = qa.ask(question)
+    assert not answer.abstained and "비용적으로 큰 부담" in answer.answer and len(answer.citations) >= 2
+    monkeypatch.setattr(evidence, "EXPLAINED_BY_FOLLOWER", frozenset())
+    assert "비용적으로 큰 부담" not in qa.ask(question).answer
+
+
 def test_a_question_asking_for_the_month_is_not_answered_by_a_year(qa: QAService) -> None:
     """The book says 마이데이터 policy is pushed toward 2023, never in which month: a year is not the asked date."""
     with_month = qa.evidence("금융 마이데이터 서비스는 몇 년 몇 월에 본격 시행됐나요?")
