@@ -32,6 +32,7 @@ from tests.test_cli import run
 
 REPO = Path(__file__).resolve().parents[1]
 GOLD = REPO / "eval" / "gold" / "qa.jsonl"
+BLIND = REPO / "eval" / "gold" / "blind.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,23 @@ def test_gold_set_loads_and_every_evidence_is_in_the_corpus(gold: list[GoldQuest
     missing = [(q.id, e) for q in gold for e in q.evidence if not any(e in text for text in corpus)]
     assert missing == []
     assert all(q.answers and q.evidence for q in gold if q.answerable)
+
+
+def test_blind_set_is_tagged_and_every_answer_is_in_the_corpus(gold: list[GoldQuestion]) -> None:
+    """The independent set: every answer in the book and one inside its evidence, no gold question repeated."""
+    blind = load_gold(BLIND)
+    assert len(blind) == 82 and all(q.kind in KINDS and q.lang in ("ko", "en") for q in blind)
+    assert all((q.kind in UNANSWERABLE_KINDS) == (not q.answerable) for q in blind)
+    corpus = [path.read_text(encoding="utf-8") for path in sorted((REPO / "corpus").glob("*.txt"))]
+    for q in blind:
+        if q.answerable:
+            assert q.answers and q.evidence, q.id
+            assert all(any(e in text for text in corpus) for e in q.evidence), q.id
+            assert all(any(a in text for text in corpus) for a in q.answers), q.id
+            assert any(a in e for a in q.answers for e in q.evidence), q.id
+        else:
+            assert not q.answers and not q.evidence, q.id
+    assert not {q.question for q in blind} & {q.question for q in gold}
 
 
 def test_gold_set_is_tagged_and_split_by_kind_and_language(gold: list[GoldQuestion]) -> None:
