@@ -315,9 +315,8 @@ def gather_evidence(
     for candidate in quote:
         evidence_terms |= set(candidate.sentence.terms)
         evidence_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
-    passage_terms: set[str] = set()
+    passage_terms = set(passage_words)
     for candidate in candidates:
-        passage_terms |= set(candidate.sentence.terms)
         passage_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
     # The question's words the book uses somewhere: a quote missing one of these (한국 when the quote is
     # about 덴마크) is about a neighbouring subject; words the book never uses are the reader's own wording.
