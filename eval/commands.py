@@ -220,23 +220,29 @@ def bench_stores(
 
 def fit_abstention(
     ctx: typer.Context,
-    gold: Annotated[Path, typer.Option("--gold", help="골드 질문 파일 (JSONL); dev 부분으로만 학습합니다")] = Path(
-        "eval/gold/qa.jsonl"
-    ),
+    gold: Annotated[
+        Optional[list[Path]],
+        typer.Option("--gold", help="골드 질문 파일 (JSONL, 여러 번 줄 수 있음); dev 부분으로만 학습합니다"),
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="모델 파일 (기본: service/abstention_model.json)")] = None,
     ablation: Annotated[
         Optional[Path], typer.Option("--ablation", help="신호 그룹별 제거 실험 결과(test 부분)를 쓸 Markdown 파일")
     ] = None,
 ) -> None:
-    """Refit the abstention model on the gold set's dev part (and optionally write the signal ablation)."""
+    """Refit the abstention model on the gold set's dev part (and optionally write the signal ablation).
+
+    By default it learns from the dev part of `eval/gold/qa.jsonl` and from `eval/gold/train.jsonl`, which is
+    dev only; the ablation reads the test part."""
+    from eval.fit_abstention import FIT_GOLD_FILES
     from eval.fit_abstention import ablation as run_ablation
     from eval.fit_abstention import ablation_markdown, fit_on_gold, write_model
     from service.abstention import MODEL_PATH
     from service.qa import QAService
 
-    questions = gold_or_exit(gold)
+    paths = list(gold or FIT_GOLD_FILES)
+    questions = [q for path in paths for q in gold_or_exit(path)]
     qa = load_or_exit(QAService.load, ctx.obj)
-    model = fit_on_gold(qa, questions, gold)
+    model = fit_on_gold(qa, questions, paths)
     target = out or MODEL_PATH
     try:
         write_model(target, model)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.fit_abstention import data_sha256, dev_questions, fit_on_gold
+from eval.fit_abstention import FIT_GOLD_FILES, data_sha256, dev_questions, fit_on_gold
 from eval.gold import load_gold
 from indexer.engine import SearchEngine
 from indexer.facts import fact_spans, title_span
@@ -219,10 +219,11 @@ def test_committed_model_is_usable_and_a_broken_one_is_refused(tmp_path: Path) -
 def test_refitting_on_dev_gives_the_committed_model(qa: QAService) -> None:
     """The committed parameters are what the dev part gives; within a tolerance, since another embedding backend
     (OpenVINO) moves cosines by ~1e-5."""
-    gold = load_gold(GOLD)
+    gold = [q for path in FIT_GOLD_FILES for q in load_gold(GOLD.parents[2] / path)]
     committed = AbstentionModel.from_json(json.loads(MODEL_PATH.read_text(encoding="utf-8")))
     assert committed.fitted_on["data_sha256"] == data_sha256(dev_questions(gold))
-    refit = fit_on_gold(qa, gold, Path("eval/gold/qa.jsonl"))
+    assert committed.fitted_on["gold"] == "eval/gold/qa.jsonl + eval/gold/train.jsonl"
+    refit = fit_on_gold(qa, gold, FIT_GOLD_FILES)
     assert refit.fitted_on["data_sha256"] == committed.fitted_on["data_sha256"]
     assert refit.features == committed.features
     assert np.allclose(refit.coef, committed.coef, atol=0.05)

@@ -33,6 +33,7 @@ from tests.test_cli import run
 REPO = Path(__file__).resolve().parents[1]
 GOLD = REPO / "eval" / "gold" / "qa.jsonl"
 BLIND = REPO / "eval" / "gold" / "blind.jsonl"
+TRAIN = REPO / "eval" / "gold" / "train.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,18 @@ def test_gold_set_loads_and_every_evidence_is_in_the_corpus(gold: list[GoldQuest
     assert all(q.answers and q.evidence for q in gold if q.answerable)
 
 
-def test_blind_set_is_tagged_and_every_answer_is_in_the_corpus(gold: list[GoldQuestion]) -> None:
-    """The independent set: every answer in the book and one inside its evidence, no gold question repeated."""
-    blind = load_gold(BLIND)
-    assert len(blind) == 82 and all(q.kind in KINDS and q.lang in ("ko", "en") for q in blind)
-    assert all((q.kind in UNANSWERABLE_KINDS) == (not q.answerable) for q in blind)
-    corpus = [path.read_text(encoding="utf-8") for path in sorted((REPO / "corpus").glob("*.txt"))]
-    for q in blind:
+@pytest.mark.parametrize(("path", "size", "splits"), [(BLIND, 82, {"test"}), (TRAIN, 141, {"dev"})], ids=["blind", "train"])
+def test_extra_sets_are_tagged_and_every_answer_is_in_the_corpus(
+    gold: list[GoldQuestion], path: Path, size: int, splits: set[str]
+) -> None:
+    """The independent set (read only) and the second dev set (fitting only): every answer in the book and one
+    inside its evidence, no gold question repeated, one split each."""
+    extra = load_gold(path)
+    assert len(extra) == size and all(q.kind in KINDS and q.lang in ("ko", "en") for q in extra)
+    assert {q.split for q in extra} == splits
+    assert all((q.kind in UNANSWERABLE_KINDS) == (not q.answerable) for q in extra)
+    corpus = [text.read_text(encoding="utf-8") for text in sorted((REPO / "corpus").glob("*.txt"))]
+    for q in extra:
         if q.answerable:
             assert q.answers and q.evidence, q.id
             assert all(any(e in text for text in corpus) for e in q.evidence), q.id
@@ -71,7 +77,8 @@ def test_blind_set_is_tagged_and_every_answer_is_in_the_corpus(gold: list[GoldQu
             assert any(a in e for a in q.answers for e in q.evidence), q.id
         else:
             assert not q.answers and not q.evidence, q.id
-    assert not {q.question for q in blind} & {q.question for q in gold}
+    assert not {q.question for q in extra} & {q.question for q in gold}
+    assert len({q.id for q in extra} | {q.id for q in gold}) == len(extra) + len(gold)
 
 
 def test_gold_set_is_tagged_and_split_by_kind_and_language(gold: list[GoldQuestion]) -> None:
