@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from indexer.engine import SearchEngine, SentenceMatch
-from indexer.facts import FactSpan
+from indexer.facts import PLACES, FactSpan
 from indexer.retrieval import Passage
 from service.question import SATISFIED_BY, QuestionFrame, frame_question
 
@@ -123,6 +123,23 @@ ORGANISATION_WINDOW = 10
 BOOK_SELF_WORDS = frozenset(
     "저자 작가 글쓴이 제목 소제목 목차 장 절 챕터 파트 이슈 서문 머리말 들어가며 나가며 author title chapter contents".split()
 )
+# One place under its other names, so "우리나라" and "국내" are the same country and an English question's
+# "German" is the book's 독일.
+PLACE_NAMES = {
+    "우리나라": "한국", "국내": "한국", "대한민국": "한국", "korea": "한국", "korean": "한국", "germany": "독일",
+    "german": "독일", "america": "미국", "american": "미국", "china": "중국", "chinese": "중국", "japan": "일본",
+    "japanese": "일본", "britain": "영국", "british": "영국", "france": "프랑스", "french": "프랑스",
+    "denmark": "덴마크", "danish": "덴마크", "europe": "유럽", "european": "유럽", "eu": "유럽", "usa": "미국",
+    "uk": "영국",
+}
+# "가장 많이 모은 회사", "처음 쓴 사람", "the first to": the quote must single one out too (가장, 최초,
+# 처음, 대표적, 1위…); a sentence listing companies that offer the service does not say which leads.
+# English "most" alone often means "the majority" (대부분), so only its superlative forms count.
+_SUPERLATIVE_ASKED = re.compile(
+    r"가장|제일|최초|처음|최대|최고|\bthe most\b|\bfirst\b|\b(?:largest|biggest|highest|lowest|cheapest|earliest)\b",
+    re.IGNORECASE,
+)
+_SUPERLATIVE = re.compile(r"가장|제일|최초|처음|최대|최고|1위|으뜸|선두|대표적|흔히|잘 알려진|많이|첫")
 _MONTH_ASKED = re.compile(r"몇\s*월|어느\s*달|무슨\s*달|what month|which month", re.IGNORECASE)
 _MONTH = re.compile(r"\d{1,2}월|january|february|march|april|may|june|july|august|september|october|november|december", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -328,9 +345,14 @@ def gather_evidence(
     cosine = max(c.sentence.cosine for c in quote)
     margin = best.score - second
     type_missing = frame.checkable and not any(c.typed_facts for c in quote)
+    # "한국 기업의 AI 도입률" quoted with "덴마크의 경우 … 24%": a figure, but another country's.
+    type_missing = type_missing or (frame.checkable and _place_mismatch(key_terms, quote, evidence_terms))
+    quoted_text = " ".join(text for c in quote for text in (c.sentence.text, *c.sentence.heading_path))
+    type_missing = type_missing or (
+        frame.checkable and _SUPERLATIVE_ASKED.search(question) is not None and not _SUPERLATIVE.search(quoted_text)
+    )
     # "2024년 … 전망" quoted with "2023 전망": a number of the question the quote and its headings lack.
     # Found as text ("3" is in "2023"): whole-number matching lost a dev near-topic question out of fold.
-    quoted_text = " ".join(text for c in quote for text in (c.sentence.text, *c.sentence.heading_path))
     number_missing = any(n not in quoted_text for n in _NUMBER.findall(question))
     features = {
         "score": best.score,
@@ -370,6 +392,18 @@ def gather_evidence(
         and (not frame.checkable or c.typed_facts)
     ][: max(0, MAX_ANSWER_SENTENCES - len(quote))]
     return Evidence(frame, candidates, quote, features, covered, extra)
+
+
+def _places(terms: Iterable[str]) -> set[str]:
+    return {PLACE_NAMES.get(term, term) for term in terms if term in PLACES or term in PLACE_NAMES}
+
+
+def _place_mismatch(key_terms: Sequence[str], quote: Sequence[Candidate], evidence_terms: set[str]) -> bool:
+    """The question is about a place the quote and its headings never name, while the quote names another:
+    "한국 기업의 AI 도입률" quoted with "덴마크의 경우 … 24%" is the book's figure for another country."""
+    asked = _places(key_terms)
+    quoted = _places(term for candidate in quote for term in candidate.sentence.terms)
+    return bool(asked and quoted and not asked & _places(evidence_terms))
 
 
 def _about_book(term: str, vocabulary: BookVocabulary) -> bool:

@@ -103,7 +103,7 @@ _EN_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
         ("number", r"\bhow much\b|\bhow large\b|\bhow big\b|\bsize of\b"),
         ("place", r"\bwhere\b|\bwhich (country|city|region|countries)\b|\bheadquarter"),
         ("person", r"\bwho (founded|invented|created|started|proposed|wrote|coined|leads|runs|is the ceo)\b|\bfounder\b"),
-        ("organization", r"\bwhich (\S+ ){0,3}(company|companies|firm|firms|maker|manufacturer|organi[sz]ation|bank)\b"),
+        ("organization", r"\bwhich (\S+ ){0,3}(company|companies|firm|firms|maker|manufacturer|organi[sz]ation|bank|provider|vendor)s?\b"),
         ("reason", r"\bwhy\b"),
         ("name", r"\bstand for\b|\bcalled\b|\bthe name\b|\btitle\b|\bnamed\b|\bwhich (standard|platform|protocol)\b"),
         ("definition", r"^\s*what (is|are) (an? |the )?[\w\-]+( [\w\-]+){0,3}\s*\??\s*$|\bdefine\b|\bmeaning of\b"),

@@ -398,6 +398,22 @@ def test_a_question_asking_for_the_month_is_not_answered_by_a_year(qa: QAService
     assert year_only.frame.answer_type == "date" and year_only.features["type_missing"] == 0.0
 
 
+def test_another_countrys_figure_does_not_answer(qa: QAService) -> None:
+    """The book gives AI adoption for 덴마크, 독일 and 미국 firms, never for Korea's: 한국 (우리나라, Korean) asked and
+    another country quoted is a missing answer; the country the book names, in either language, is not."""
+    for question in ("한국 기업의 인공지능 도입률은 몇 퍼센트인가요?", "우리나라 중소기업 AI 도입률은 몇 퍼센트야?"):
+        evidence = qa.evidence(question)
+        assert evidence.frame.answer_type == "percent" and evidence.features["type_missing"] == 1.0, question
+    for question in ("덴마크 기업의 인공지능 도입률은 몇 퍼센트인가요?", "What share of German companies use AI?"):
+        assert qa.evidence(question).features["type_missing"] == 0.0, question
+
+
+def test_a_superlative_asked_needs_a_quote_that_singles_one_out(qa: QAService) -> None:
+    """"가입자를 가장 많이 모은 회사" is not answered by a sentence listing the companies that offer 마이데이터."""
+    assert qa.evidence("마이데이터 시장에서 가입자를 가장 많이 모은 회사는 어디인가요?").features["type_missing"] == 1.0
+    assert qa.evidence("마이데이터 서비스를 제공하는 회사는 어디인가요?").features["type_missing"] == 0.0
+
+
 def test_a_figure_is_the_questions_only_when_its_words_lead_up_to_it(qa: QAService) -> None:
     """덴마크's 5% of 중소기업 is led up to by a question about 덴마크 중소기업 more than by one about 한국 기업 (only
     "기업의 24%" shares a word); English words never occur in the book, so they count as leading up."""
