@@ -73,6 +73,14 @@ def contains_answer(answer: str, gold_answers: Sequence[str]) -> bool:
     return any(gold.lower() in lowered for gold in gold_answers)
 
 
+def span_matches(span: str, gold_answers: Sequence[str]) -> bool:
+    """True if a marked answer span holds a gold answer or lies inside one (spaces and case ignored):
+    "56%" for "56%", "Big Blur" for "빅블러(Big Blur)"."""
+    marked = "".join(span.split()).lower()
+    golds = ["".join(gold.split()).lower() for gold in gold_answers]
+    return bool(marked) and any(gold in marked or marked in gold for gold in golds if gold)
+
+
 def token_f1(predicted: Sequence[str], gold: Sequence[str]) -> float:
     """SQuAD-style F1 of two token multisets: harmonic mean of token precision and recall.
 

@@ -73,6 +73,7 @@ GROUP_COLUMNS = (
     ("false_abstention_rate", "false abst."),
     ("abstention_precision", "abst. P"),
     ("abstention_recall", "abst. R"),
+    ("marked_span_precision", "marked span right"),
 )
 TARGET_SPLIT = "test"
 

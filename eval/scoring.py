@@ -19,6 +19,7 @@ from eval.metrics import (
     ndcg_at_k,
     percentile,
     reciprocal_rank,
+    span_matches,
     strip_markers,
 )
 from eval.runner import QuestionRun
@@ -158,6 +159,10 @@ class GroupMetrics:
     abstention_precision: float | None
     abstention_recall: float | None
     n_abstained: int
+    # Of the answer spans marked in answered answerable questions' citations (the fact the chat highlights and
+    # the plain answer leads with), the share that hold a gold answer or lie inside one. Absent in older files.
+    marked_span_precision: float | None = None
+    n_marked_spans: int | None = None
 
 
 def group_figures(runs_by_id: dict[str, QuestionRun], questions: Sequence[GoldQuestion]) -> GroupMetrics:
@@ -172,6 +177,13 @@ def group_figures(runs_by_id: dict[str, QuestionRun], questions: Sequence[GoldQu
         run = runs_by_id[q.id]
         return float(not run.abstained and contains_answer(run.answer or "", q.answers))
 
+    spans = [
+        span_matches(str(c["quote"])[int(c["answer_start"]) - int(c["start"]) : int(c["answer_end"]) - int(c["start"])], q.answers)
+        for q in answerable
+        if not runs_by_id[q.id].abstained
+        for c in runs_by_id[q.id].citations
+        if c.get("answer_start") is not None and c.get("answer_end") is not None
+    ]
     return GroupMetrics(
         n_questions=len(questions),
         n_answerable=len(answerable),
@@ -181,6 +193,8 @@ def group_figures(runs_by_id: dict[str, QuestionRun], questions: Sequence[GoldQu
         abstention_precision=precision,
         abstention_recall=recall,
         n_abstained=sum(abstained),
+        marked_span_precision=mean([float(right) for right in spans]),
+        n_marked_spans=len(spans),
     )
 
 

@@ -19,12 +19,13 @@ from eval.metrics import (
     ndcg_at_k,
     percentile,
     reciprocal_rank,
+    span_matches,
     strip_markers,
     token_f1,
 )
 from eval.reference import REFERENCE_MODE, WhitespaceBM25, whitespace_tokens
 from eval.runner import ANSWER_TOP_K, QuestionRun, RankedPassage, run_question, run_reference
-from eval.scoring import relevant_chunk_ids, score_mode
+from eval.scoring import group_figures, relevant_chunk_ids, score_mode
 from indexer.engine import SearchEngine
 from indexer.settings import Settings
 from service.qa import QAService
@@ -132,6 +133,21 @@ def test_token_f1_and_containment() -> None:
     assert strip_markers("NFT는 토큰이다. [1] 대체 불가능하다 [2]") == "NFT는 토큰이다. 대체 불가능하다"
     assert contains_answer("Non-Fungible Token을 뜻한다 [1]", ["non-fungible token"])
     assert not contains_answer("마이데이터 [1]", ["마이페이먼트"])
+
+
+def test_a_marked_span_is_right_when_it_holds_or_lies_inside_a_gold_answer() -> None:
+    assert span_matches("56%", ["56%"]) and span_matches("Big Blur", ["빅블러(Big Blur)"])
+    assert span_matches("K PaaS-TA 서비스", ["k paas-ta"])
+    assert not span_matches("5%", ["56%"]) and not span_matches("", ["5%"])
+    quote = "덴마크의 경우 기업의 24%, 중소기업의 5%만이"
+    marked = [
+        {"start": 100, "quote": quote, "answer_start": 100 + quote.index(figure), "answer_end": 100 + quote.index(figure) + len(figure)}
+        for figure in ("24%", "5%")
+    ]
+    question = GoldQuestion(id="x", question="덴마크 중소기업은 몇 퍼센트?", answers=("5%",), evidence=(quote,), answerable=True)
+    run = QuestionRun(id="x", mode="hybrid", question=question.question, passages=[], answer="5% — …", abstained=False, citations=marked)
+    figures = group_figures({"x": run}, [question])
+    assert figures.n_marked_spans == 2 and figures.marked_span_precision == 0.5
 
 
 def test_abstention_precision_recall() -> None:
