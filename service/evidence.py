@@ -538,6 +538,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
     asked = frame.text
     unit = re.search(r"몇\s*([가-힣%]+?)(?:이나|이야|야|요|인가|인지|을|를|가|이|은|는|에|\s|\?|$)", asked)
     acronym_asked = re.search(r"\b[A-Z]{2,}\d*\b", asked) is not None
+    expansion_asked = _EXPANSION_ASKED.search(asked) is not None
 
     def preference(fact: FactSpan, text: str) -> float:
         """What the question's wording says about the fact it wants: its unit, an acronym or its expansion, a title."""
@@ -550,13 +551,42 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
             return 1.0
         return 0.0
 
+    def following(fact: FactSpan) -> float:
+        """The rarity of the key words starting just after a fact, at half weight: "56% 인공지능 활용계획조차
+        없다고" is the share with no plan, whatever comes before it."""
+        return 0.5 * sum(w for start, _, w in occurrences if fact.end <= start <= fact.end + FACT_CONTEXT_CHARS)
+
+    # "덴마크의 경우 … 기업의 24%, … 독일은 전체 기업 중 6%": a figure is the last named place's.
+    asked_places = _places(frame.key_terms)
+    places = [
+        (f.start, PLACE_NAMES.get(name, name))
+        for f in sentence.facts
+        if f.kind == "place"
+        for name in [sentence.text[f.start - sentence.start : f.end - sentence.start].lower()]
+    ]
+
+    figures = sorted(f.end for f in sentence.facts if f.kind in ("percent", "money", "quantity", "date"))
+
+    def elsewhere(fact: FactSpan) -> bool:
+        """Another place is named last before the figure, and the asked one not since the previous figure
+        ("유럽의 경우 영국, 프랑스, 독일 3개국" is still Europe's)."""
+        scope = [place for start, place in places if start < fact.start]
+        since = max((end for end in figures if end <= fact.start), default=sentence.start)
+        recent = {place for start, place in places if since <= start < fact.start}
+        return bool(asked_places and scope and scope[-1] not in asked_places and not recent & asked_places)
+
     def score(fact: FactSpan) -> float:
         raw = sentence.text[fact.start - sentence.start : fact.end - sentence.start]
-        total = preference(fact, raw) + _context_weight(fact, occurrences)
+        total = preference(fact, raw) + _context_weight(fact, occurrences) + following(fact)
+        if fact.kind in ("percent", "money", "quantity", "date") and elsewhere(fact):
+            total -= 1.0
         if fact.kind in ("name", "title", "place", "person"):
             text = _squash(sentence.text[fact.start - sentence.start : fact.end - sentence.start])
             if any(start < fact.end and fact.start < end for start, end, _ in occurrences):
                 return float("-inf")  # 클레이튼의 NFT for a question about 클레이튼
+            glossed = sentence.text[max(0, fact.start - sentence.start - 1) : fact.start - sentence.start] == "("
+            if glossed and not expansion_asked and any(end == fact.start - 1 for _, end, _ in occurrences):
+                return float("-inf")  # 오픈 파이낸스(Open Finance): the question's own word, glossed
             total += vocabulary.idf(text) / vocabulary.max_idf
             # Who made or runs something is the sentence's subject: 그라운드X가 … 개발한.
             after = sentence.text[fact.end - sentence.start : fact.end - sentence.start + 2]
@@ -566,4 +596,13 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
 
     scored = sorted(((score(f), f) for f in facts), key=lambda pair: (-pair[0], pair[1].start, pair[1].start - pair[1].end))
     best_score, best = scored[0]
-    return None if best_score == float("-inf") else (best.start, best.end)
+    if best_score == float("-inf") or (best.kind in ("percent", "money", "quantity", "date") and elsewhere(best)):
+        return None  # every figure of the sentence is another place's
+    # A sentence has many names and "뭐라고 해?" says little of which: only a name the question's words lead
+    # up to, or the expansion or title it asks for, is marked (else the reader gets the sentence, unmarked).
+    # Words after a name are what the name does ("IT 자원을 빌려"), not what it is called.
+    if frame.answer_type == "name":
+        raw = sentence.text[best.start - sentence.start : best.end - sentence.start]
+        if not (preference(best, raw) or _context_weight(best, occurrences)):
+            return None
+    return (best.start, best.end)

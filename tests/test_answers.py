@@ -120,6 +120,31 @@ def test_answer_leads_with_the_asked_fact_and_marks_it(qa: QAService, engine: Se
             assert c.start <= c.answer_start < c.answer_end <= c.end
 
 
+@pytest.mark.parametrize(
+    ("question", "lead"),
+    [
+        ("독일 전체 기업 중 인공지능을 쓰는 곳은 몇 퍼센트야?", "6%"),  # the figure after 독일, not 덴마크's
+        ("유럽 인공지능 전문인력의 절반 정도는 몇 개 나라에 분포해 있나?", "3개국"),  # 유럽의 경우 영국, 프랑스, 독일 3개국
+        ("AI 쓸 계획조차 없다고 한 미국 제조사 비율이 얼마야?", "56%"),  # "56% 인공지능 활용계획조차 없다고"
+    ],
+)
+def test_the_marked_figure_is_the_asked_places_and_words(qa: QAService, question: str, lead: str) -> None:
+    result = qa.ask(question)
+    assert not result.abstained and result.answer.startswith(f"{lead} — "), result.answer
+
+
+def test_a_name_is_marked_only_where_the_question_points_at_it(qa: QAService) -> None:
+    """"…기술을 뭐라고 해?" is answered by a sentence holding "IT 자원": IT is not what it is called, so no name is
+    marked; nor is the gloss of the question's own word ("오픈 파이낸스(Open Finance)")."""
+    for question, wrong in (
+        ("인터넷으로 남의 컴퓨터 자원을 빌려 쓰는 기술을 뭐라고 해?", "IT"),
+        ("마이페이먼트를 오픈 파이낸스의 무엇이라고 표현한 절이 있나요?", "Open Finance"),
+    ):
+        result = qa.ask(question)
+        assert wrong not in [_span(c) for c in result.citations] and not result.answer.startswith(f"{wrong} — ")
+    assert qa.ask("NFT는 무엇의 약자인가?").answer.startswith("Non-Fungible Token — ")
+
+
 def test_a_heading_answers_with_exact_offsets(qa: QAService, engine: SearchEngine) -> None:
     """The amount is only in a title (the ToC and the chapter heading), never in the body."""
     result = qa.ask("구글클라우드가 맨디언트를 인수할 때 쓴 금액은?")
