@@ -178,11 +178,11 @@ def group_figures(runs_by_id: dict[str, QuestionRun], questions: Sequence[GoldQu
         return float(not run.abstained and contains_answer(run.answer or "", q.answers))
 
     spans = [
-        span_matches(str(c["quote"])[int(c["answer_start"]) - int(c["start"]) : int(c["answer_end"]) - int(c["start"])], q.answers)
+        span_matches(_marked(citation), q.answers)
         for q in answerable
         if not runs_by_id[q.id].abstained
-        for c in runs_by_id[q.id].citations
-        if c.get("answer_start") is not None and c.get("answer_end") is not None
+        for citation in runs_by_id[q.id].citations
+        if citation.get("answer_start") is not None and citation.get("answer_end") is not None
     ]
     return GroupMetrics(
         n_questions=len(questions),
@@ -196,6 +196,13 @@ def group_figures(runs_by_id: dict[str, QuestionRun], questions: Sequence[GoldQu
         marked_span_precision=mean([float(right) for right in spans]),
         n_marked_spans=len(spans),
     )
+
+
+def _marked(citation: dict[str, object]) -> str:
+    """The text of a citation's marked answer span (run.jsonl keeps document offsets and the quote)."""
+    offset = int(citation["start"])  # type: ignore[call-overload]
+    start, end = int(citation["answer_start"]) - offset, int(citation["answer_end"]) - offset  # type: ignore[call-overload]
+    return str(citation["quote"])[start:end]
 
 
 # The breakdowns of the report: every split, then within it by kind, by language and by wording style.
