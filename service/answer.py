@@ -23,8 +23,14 @@ from service.question import CHECKABLE, MISSING_PHRASE
 
 log = logging.getLogger(__name__)
 ABSTAIN_MESSAGE = "책에서 이 질문에 대한 내용을 찾지 못했습니다. 이 책은 이 주제를 다루지 않는 것 같습니다."
-# Nouns that only say what kind of thing is asked for ("어느 나라", "몇 곳"), never what it is about.
-GENERIC_NOUNS = frozenset("나라 도시 지역 국가 곳 기관 사람 인물 연도 시기 비율 금액 숫자 수 해 이름 종류 정도".split())
+# Nouns that only say what kind of thing is asked for ("어느 나라", "몇 곳") or how ("처음", "전면", "최소":
+# "‘처음’의 시기는 나오지 않습니다" names no fact), never what it is about.
+GENERIC_NOUNS = frozenset(
+    """
+    나라 도시 지역 국가 곳 기관 사람 인물 연도 시기 비율 금액 숫자 수 해 이름 종류 정도
+    처음 최초 전면 구체 최소 최대 최고 대략 보통 실제 정확 당시 현재 지금 요즘 가장 대체
+    """.split()
+)
 # A lead longer than this share of its sentence would only repeat the quote.
 MAX_LEAD_SHARE = 0.8
 

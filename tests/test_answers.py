@@ -181,6 +181,9 @@ def test_near_topic_declines_with_what_the_book_does_say(qa: QAService, engine: 
     for c in result.citations:
         assert engine.document_text(c.doc)[c.start : c.end] == c.quote
         assert f"[{c.id}]" in result.answer
+    # How the fact is asked ("최소 얼마나") is not what is missing: 자본금 is.
+    capital = qa.ask("종합지급결제업 인가를 받으려면 자본금이 최소 얼마나 있어야 하나요?")
+    assert capital.abstained and "‘자본금’의 금액은 나오지 않습니다" in capital.answer
 
 
 def test_off_topic_declines_without_citations(qa: QAService) -> None:
