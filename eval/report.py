@@ -220,6 +220,9 @@ def render_markdown(metrics: Sequence[ModeMetrics], context: ReportContext) -> s
         "- **abstention P**: of the abstentions, the share on unanswerable questions. **abstention R**: of the "
         "unanswerable questions, the share abstained on. **false abst.**: of the answerable questions, the share "
         "abstained on (containment counts these as misses).",
+        "- **marked span right**: of the answer spans marked in answered answerable questions' citations (the "
+        "fact the chat highlights and the answer leads with), the share that hold a gold answer or lie inside one "
+        "(spaces and case ignored).",
         "- **Groups**: `kind:` what a question asks for (fact, number, date, definition, list, why/how, comparison, "
         "heading = answered only by a heading or the table of contents) or why the book cannot answer it "
         "(near-topic: the book names the subject but not the asked fact; off-topic); `lang:` ko or en; `style:` "
