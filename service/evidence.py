@@ -519,6 +519,8 @@ def _next_in_paragraph(
 
 # A fact answers for the question's words written just before it ("중소기업의 5%"): this many characters.
 FACT_CONTEXT_CHARS = 12
+# Fact kinds that are figures: each belongs to the place named before it ("독일은 전체 기업 중 6%").
+FIGURE_FACTS = frozenset({"percent", "money", "quantity", "date"})
 
 
 def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVocabulary) -> tuple[int, int] | None:
@@ -565,7 +567,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
         for name in [sentence.text[f.start - sentence.start : f.end - sentence.start].lower()]
     ]
 
-    figures = sorted(f.end for f in sentence.facts if f.kind in ("percent", "money", "quantity", "date"))
+    figures = sorted(f.end for f in sentence.facts if f.kind in FIGURE_FACTS)
 
     def elsewhere(fact: FactSpan) -> bool:
         """Another place is named last before the figure, and the asked one not since the previous figure
@@ -578,7 +580,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
     def score(fact: FactSpan) -> float:
         raw = sentence.text[fact.start - sentence.start : fact.end - sentence.start]
         total = preference(fact, raw) + _context_weight(fact, occurrences) + following(fact)
-        if fact.kind in ("percent", "money", "quantity", "date") and elsewhere(fact):
+        if fact.kind in FIGURE_FACTS and elsewhere(fact):
             total -= 1.0
         if fact.kind in ("name", "title", "place", "person"):
             text = _squash(sentence.text[fact.start - sentence.start : fact.end - sentence.start])
@@ -596,7 +598,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
 
     scored = sorted(((score(f), f) for f in facts), key=lambda pair: (-pair[0], pair[1].start, pair[1].start - pair[1].end))
     best_score, best = scored[0]
-    if best_score == float("-inf") or (best.kind in ("percent", "money", "quantity", "date") and elsewhere(best)):
+    if best_score == float("-inf") or (best.kind in FIGURE_FACTS and elsewhere(best)):
         return None  # every figure of the sentence is another place's
     # A sentence has many names and "뭐라고 해?" says little of which: only a name the question's words lead
     # up to, or the expansion or title it asks for, is marked (else the reader gets the sentence, unmarked).
