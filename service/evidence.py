@@ -143,6 +143,9 @@ _SUPERLATIVE = re.compile(r"가장|제일|최초|처음|최대|최고|1위|으�
 _MONTH_ASKED = re.compile(r"몇\s*월|어느\s*달|무슨\s*달|what month|which month", re.IGNORECASE)
 _MONTH = re.compile(r"\d{1,2}월|january|february|march|april|may|june|july|august|september|october|november|december", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# "4차 산업혁명", "1부": a number that places, not one that counts; it answers "how many" only when the
+# question counts in that unit too ("몇 부로 나뉘어").
+_ORDINAL_COUNT = re.compile(r"\d+(차|부)")
 _SPACES = re.compile(r"\s+")
 
 
@@ -237,6 +240,9 @@ def _typed_facts(match: SentenceMatch, frame: QuestionFrame, question: str) -> t
             continue
         text = _squash(match.text[fact.start - match.start : fact.end - match.start])
         if month_asked and not _MONTH.search(text):
+            continue
+        ordinal = _ORDINAL_COUNT.fullmatch(text)
+        if ordinal and frame.answer_type in ("quantity", "number") and not re.search(rf"몇\s*{ordinal.group(1)}", question):
             continue
         if frame.answer_type == "organization":
             around = match.text[
@@ -346,7 +352,7 @@ def gather_evidence(
     margin = best.score - second
     type_missing = frame.checkable and not any(c.typed_facts for c in quote)
     # "한국 기업의 AI 도입률" quoted with "덴마크의 경우 … 24%": a figure, but another country's.
-    type_missing = type_missing or (frame.checkable and _place_mismatch(key_terms, quote, evidence_terms))
+    type_missing = type_missing or (frame.checkable and _place_mismatch(frame, quote, evidence_terms))
     quoted_text = " ".join(text for c in quote for text in (c.sentence.text, *c.sentence.heading_path))
     type_missing = type_missing or (
         frame.checkable and _SUPERLATIVE_ASKED.search(question) is not None and not _SUPERLATIVE.search(quoted_text)
@@ -398,10 +404,19 @@ def _places(terms: Iterable[str]) -> set[str]:
     return {PLACE_NAMES.get(term, term) for term in terms if term in PLACES or term in PLACE_NAMES}
 
 
-def _place_mismatch(key_terms: Sequence[str], quote: Sequence[Candidate], evidence_terms: set[str]) -> bool:
+# Place names Kiwi splits into common words (우리 + 나라), so they are found in the question as written.
+_WRITTEN_PLACES = ("우리나라",)
+
+
+def asked_places(frame: QuestionFrame) -> set[str]:
+    """The places a question asks about, under one name each ("우리나라", "국내", "Korean" → 한국)."""
+    return _places(frame.key_terms) | _places(name for name in _WRITTEN_PLACES if name in frame.text)
+
+
+def _place_mismatch(frame: QuestionFrame, quote: Sequence[Candidate], evidence_terms: set[str]) -> bool:
     """The question is about a place the quote and its headings never name, while the quote names another:
     "한국 기업의 AI 도입률" quoted with "덴마크의 경우 … 24%" is the book's figure for another country."""
-    asked = _places(key_terms)
+    asked = asked_places(frame)
     quoted = _places(term for candidate in quote for term in candidate.sentence.terms)
     return bool(asked and quoted and not asked & _places(evidence_terms))
 
@@ -559,7 +574,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
         return 0.5 * sum(w for start, _, w in occurrences if fact.end <= start <= fact.end + FACT_CONTEXT_CHARS)
 
     # "덴마크의 경우 … 기업의 24%, … 독일은 전체 기업 중 6%": a figure is the last named place's.
-    asked_places = _places(frame.key_terms)
+    places_asked = asked_places(frame)
     places = [
         (f.start, PLACE_NAMES.get(name, name))
         for f in sentence.facts
@@ -575,7 +590,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
         scope = [place for start, place in places if start < fact.start]
         since = max((end for end in figures if end <= fact.start), default=sentence.start)
         recent = {place for start, place in places if since <= start < fact.start}
-        return bool(asked_places and scope and scope[-1] not in asked_places and not recent & asked_places)
+        return bool(places_asked and scope and scope[-1] not in places_asked and not recent & places_asked)
 
     def score(fact: FactSpan) -> float:
         raw = sentence.text[fact.start - sentence.start : fact.end - sentence.start]

@@ -72,12 +72,14 @@ _KO_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
         ),
         ("quantity", r"몇\s*(명|곳|개|가지|개국|세대|번|배|개사|군데|살)|몇이나|인원"),
         ("number", r"얼마|몇"),
-        ("place", r"어느\s*(나라|도시|지역|국가|곳에)|본사|어디에\s*(있|위치)|어디\s*(있|위치)"),
+        ("place", r"어느\s*(나라|도시|지역|국가|곳에)|(나라|도시|지역|국가)(들)?(은|는|이|가)?\s*어디|본사|어디에\s*(있|위치)|어디\s*(있|위치)"),
         (
             "person",
             r"(누가|누구).{0,6}(만들|세우|세운|창업|설립|제안|처음|썼|쓴|지었|개발)|"
             r"(만든|세운|창업한|설립한|제안한|처음 쓴|이끄는)\s*(사람|이)|창업자|설립자|"
-            r"(사람|인물|대표|최고\s*경영자|경영자|CEO|회장|창시자|개발자)(은|는|이|가)?\s*누구",
+            r"(사람|인물|대표|최고\s*경영자|경영자|CEO|회장|창시자|개발자)(은|는|이|가)?\s*누구|"
+            # "이 책 쓴 기자분 이름이 뭐예요?": the name of a person.
+            r"(기자|저자|작가|글쓴이|지은이|대표|창업자|설립자|회장|CEO|경영자)\s*(분|님)?\s*(의\s*)?(이름|성함)",
         ),
         (
             "organization",
@@ -97,12 +99,16 @@ _EN_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
     for kind, pattern in (
         ("date", r"\bwhen\b|\bwhat (year|date|month)\b|\bwhich year\b|\bin which year\b|\bsince when\b"),
         ("percent", r"\bpercent|\bpercentage\b|\bwhat share\b|\bwhat proportion\b|\brate\b"),
-        ("money", r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee)\b|\bprice\b"),
+        ("money", r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee)\b|\bprice\b|\bin (us )?dollars\b|\bhow much money\b"),
         ("ordinal", r"\bwhich (trend|issue|chapter|part)\b"),
         ("quantity", r"\bhow many\b"),
         ("number", r"\bhow much\b|\bhow large\b|\bhow big\b|\bsize of\b"),
         ("place", r"\bwhere\b|\bwhich (country|city|region|countries)\b|\bheadquarter"),
-        ("person", r"\bwho (founded|invented|created|started|proposed|wrote|coined|leads|runs|is the ceo)\b|\bfounder\b"),
+        (
+            "person",
+            r"\bwho (founded|invented|created|started|proposed|wrote|coined|leads|runs|is the ceo)\b|\bfounder\b|"
+            r"\b(author|writer|ceo|president|chairman)(\'s|’s)? (full )?name\b|\bname of the (author|writer|founder|ceo)\b",
+        ),
         ("organization", r"\bwhich (\S+ ){0,3}(company|companies|firm|firms|maker|manufacturer|organi[sz]ation|bank|provider|vendor)s?\b"),
         ("reason", r"\bwhy\b"),
         ("name", r"\bstand for\b|\bcalled\b|\bthe name\b|\btitle\b|\bnamed\b|\bwhich (standard|platform|protocol)\b"),
