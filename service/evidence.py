@@ -92,6 +92,7 @@ FEATURES = (
     "english_type_missing",
     "number_missing",
     "fact_context",
+    "fact_sentence_coverage",
 )
 # Signal groups as the ablation removes them (eval/fit_abstention.py).
 SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
@@ -103,6 +104,7 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
         "subject_missing",
         "number_missing",
         "fact_context",
+        "fact_sentence_coverage",
     ),
     "lexical evidence (book, passages)": ("book_coverage", "noun_book_coverage", "passage_coverage"),
     "heading line": ("heading",),
@@ -140,6 +142,14 @@ _SUPERLATIVE_ASKED = re.compile(
     re.IGNORECASE,
 )
 _SUPERLATIVE = re.compile(r"가장|제일|최초|처음|최대|최고|1위|으뜸|선두|대표적|흔히|잘 알려진|많이|첫")
+# "2019년 이후 얼마나 늘었나", "How much did … grow": a change is asked, and a figure of one moment
+# ("2019년 기준 기업의 24%") does not give it; the quote must say something rose, fell or changed.
+_CHANGE_ASKED = re.compile(
+    r"얼마나\s*(늘|증가|줄|감소|성장|올랐|오르|떨어|하락|상승|커졌|작아)|(증가|감소|상승|하락)(율|률|폭)|"
+    r"\bhow much (did|has|have|will)\b.*\b(grow|increase|rise|fall|drop|decline|change)|\bby how much\b",
+    re.IGNORECASE,
+)
+_CHANGE = re.compile(r"증가|늘어|늘었|늘린|줄어|줄었|감소|성장|상승|하락|올랐|올라|떨어|커지|커졌|급증|급감|확대|축소|\d+배|전년")
 _MONTH_ASKED = re.compile(r"몇\s*월|어느\s*달|무슨\s*달|what month|which month", re.IGNORECASE)
 _MONTH = re.compile(r"\d{1,2}월|january|february|march|april|may|june|july|august|september|october|november|december", re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -357,6 +367,9 @@ def gather_evidence(
     type_missing = type_missing or (
         frame.checkable and _SUPERLATIVE_ASKED.search(question) is not None and not _SUPERLATIVE.search(quoted_text)
     )
+    type_missing = type_missing or (
+        frame.checkable and _CHANGE_ASKED.search(question) is not None and not _CHANGE.search(quoted_text)
+    )
     # "2024년 … 전망" quoted with "2023 전망": a number of the question the quote and its headings lack.
     # Found as text ("3" is in "2023"): whole-number matching lost a dev near-topic question out of fold.
     number_missing = any(n not in quoted_text for n in _NUMBER.findall(question))
@@ -388,6 +401,7 @@ def gather_evidence(
         "english_type_missing": english * (1.0 if type_missing else 0.0),
         "number_missing": 1.0 if number_missing else 0.0,
         "fact_context": _fact_context(quote, frame, vocabulary),
+        "fact_sentence_coverage": _fact_sentence_coverage(quote, frame, vocabulary),
     }
     covered = tuple(noun for noun in frame.nouns if any(t in evidence_terms for t in _noun_terms(noun)))
     extra = [
@@ -440,6 +454,28 @@ def _fact_context(quote: Sequence[Candidate], frame: QuestionFrame, vocabulary: 
         for fact in candidate.typed_facts:
             best = max(best, _context_weight(fact, occurrences))
     return min(best, 1.0)
+
+
+def _fact_sentence_coverage(quote: Sequence[Candidate], frame: QuestionFrame, vocabulary: BookVocabulary) -> float:
+    """How much of the question the quoted sentence holding the asked figure or date covers, with its headings.
+
+    "오픈뱅킹 시스템은 언제 도입되었나?" quoted with "…종합지급결제업 도입을 추진하고 있고 2023년…" after a
+    sentence naming 오픈뱅킹: the date is in a sentence about something else. Other kinds of question, English
+    ones (their words are never in the Korean text) and quotes without such a fact get 1.
+    """
+    if frame.lang == "en" or frame.answer_type not in ("date", "percent", "money", "quantity", "number"):
+        return 1.0
+    typed = [c for c in quote if c.typed_facts]
+    if not typed or not frame.key_terms:
+        return 1.0
+    return max(
+        _weighted_share(
+            frame.key_terms,
+            [t in set(c.sentence.terms) | vocabulary.heading_terms(c.sentence.heading_path) for t in frame.key_terms],
+            vocabulary,
+        )
+        for c in typed
+    )
 
 
 def _key_term_occurrences(

@@ -456,6 +456,26 @@ def test_a_number_that_places_does_not_count(qa: QAService) -> None:
     assert not asked_in_its_unit.abstained and asked_in_its_unit.answer.startswith("4차")
 
 
+def test_a_change_asked_is_not_answered_by_one_moments_figure(qa: QAService) -> None:
+    """The book gives 덴마크's AI use "2019년 기준", never how it grew: "얼마나 늘었나" quoted with that figure is a
+    missing answer; the same figure asked for as such is not."""
+    assert qa.evidence("덴마크 기업의 AI 사용률은 2019년 이후 얼마나 늘었나?").features["type_missing"] == 1.0
+    assert qa.evidence("2019년 덴마크 기업의 AI 사용률은 몇 퍼센트인가요?").features["type_missing"] == 0.0
+
+
+def test_the_dated_sentence_must_be_about_the_question(qa: QAService) -> None:
+    """"오픈뱅킹 시스템은 언제 도입되었나?" finds 2023년 in a sentence about 마이페이먼트 and 종합지급결제업: the
+    sentence holding the date covers little of the question, unlike the one that answers "…언제 본격적으로 시행할
+    가능성이 큰가?"; questions that ask for no figure, and English ones, are not judged by it."""
+
+    def coverage(question: str) -> float:
+        return qa.evidence(question).features["fact_sentence_coverage"]
+
+    assert coverage("오픈뱅킹 시스템은 언제 도입되었나?") < 0.5
+    assert coverage("마이페이먼트 산업과 종합지급결제업은 언제 본격적으로 시행할 가능성이 큰가?") == 1.0
+    assert coverage("마이데이터가 뭐야?") == coverage("When is MyPayment likely to be implemented in earnest?") == 1.0
+
+
 def test_a_superlative_asked_needs_a_quote_that_singles_one_out(qa: QAService) -> None:
     """"가입자를 가장 많이 모은 회사" is not answered by a sentence listing the companies that offer 마이데이터."""
     assert qa.evidence("마이데이터 시장에서 가입자를 가장 많이 모은 회사는 어디인가요?").features["type_missing"] == 1.0
