@@ -97,7 +97,7 @@ _KO_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
 _EN_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
     (kind, re.compile(pattern, re.IGNORECASE))
     for kind, pattern in (
-        ("date", r"\bwhen\b|\bwhat (year|date|month)\b|\bwhich year\b|\bin which year\b|\bsince when\b"),
+        ("date", r"\bwhen\b(?! it comes to)|\bwhat (year|date|month)\b|\bwhich year\b|\bin which year\b|\bsince when\b"),
         ("percent", r"\bpercent|\bpercentage\b|\bwhat share\b|\bwhat proportion\b|\brate\b"),
         ("money", r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee)\b|\bprice\b|\bin (us )?dollars\b|\bhow much money\b"),
         ("ordinal", r"\bwhich (trend|issue|chapter|part)\b"),

@@ -53,6 +53,8 @@ def qa(engine: SearchEngine) -> QAService:
         ("스마트 팩토리에선 불량품을 어떻게 잡아내나요?", "manner"),
         ("스스로 테크기업이라고 재정의하고 있다고 언급된 업종에는 어떤 것들이 있나요?", "other"),
         ("When is MyPayment likely to be implemented in earnest?", "date"),
+        # "when it comes to" asks no date.
+        ("What is a smart factory ultimately aiming for when it comes to how its machines work together?", "manner"),
         ("How many core digital technologies does the book cover?", "quantity"),
         ("What share of Danish SMEs used AI as of 2019?", "percent"),
         ("Where is Ground X headquartered?", "place"),
