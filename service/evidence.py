@@ -363,7 +363,9 @@ def gather_evidence(
     type_missing = frame.checkable and not any(c.typed_facts for c in quote)
     # "한국 기업의 AI 도입률" quoted with "덴마크의 경우 … 24%": a figure, but another country's.
     type_missing = type_missing or (frame.checkable and _place_mismatch(frame, quote, evidence_terms))
-    quoted_text = " ".join(text for c in quote for text in (c.sentence.text, *c.sentence.heading_path))
+    quoted_text = " ".join(
+        text for c in quote for text in (c.sentence.text, *c.sentence.heading_path, *_enclosing_part(engine, c))
+    )
     type_missing = type_missing or (
         frame.checkable and _SUPERLATIVE_ASKED.search(question) is not None and not _SUPERLATIVE.search(quoted_text)
     )
@@ -412,6 +414,20 @@ def gather_evidence(
         and (not frame.checkable or c.typed_facts)
     ][: max(0, MAX_ANSWER_SENTENCES - len(quote))]
     return Evidence(frame, candidates, quote, features, covered, extra)
+
+
+# A part line of the table of contents ("1부 디지털 트렌드 2022 리뷰"), which the issues and trends listed
+# under it belong to.
+_PART_LINE = re.compile(r"^[ \t]*(?:\d+\s*부|part\s*\d+)\b.*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _enclosing_part(engine: SearchEngine, candidate: Candidate) -> tuple[str, ...]:
+    """The part line a table-of-contents line is listed under, so "1부 ISSUE 9" finds its "1" in it."""
+    if candidate.sentence.kind != "toc":
+        return ()
+    before = engine.document_text(candidate.sentence.doc)[: candidate.sentence.start]
+    parts = _PART_LINE.findall(before)
+    return (parts[-1].strip(),) if parts else ()
 
 
 def _places(terms: Iterable[str]) -> set[str]:

@@ -357,6 +357,9 @@ def test_a_number_the_quote_does_not_hold_and_words_about_the_book_itself(qa: QA
     the book's text but are about the book: they do not make a question look off-topic."""
     assert qa.evidence("2024년 디지털 트렌드 전망은 어떻게 되나요?").features["number_missing"] == 1.0
     assert qa.evidence("2023년 디지털 트렌드 전망은 어떻게 되나요?").features["number_missing"] == 0.0
+    # A contents line is listed under its part: "1부 … ISSUE 9" finds its 1 in "1부 디지털 트렌드 2022 리뷰".
+    in_part_one = qa.evidence("In Part 1, which three digital trends does ISSUE 9 on big tech say deserve the most attention?")
+    assert in_part_one.quote[0].sentence.text.startswith("ISSUE 9") and in_part_one.features["number_missing"] == 0.0
     about_the_book = qa.evidence("목차에서 디지털 노마드를 어떤 사람들로 소개하나요?").features
     assert about_the_book["noun_book_coverage"] == 1.0 and about_the_book["book_coverage"] == 1.0
     assert qa.evidence("날씨에서 디지털 노마드를 어떤 사람들로 소개하나요?").features["noun_book_coverage"] < 1.0
