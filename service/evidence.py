@@ -112,6 +112,8 @@ SIGNAL_GROUPS: dict[str, tuple[str, ...]] = {
 }
 # Answer types whose check is exact (a date, a number, a place, a person, a company the sentence calls one)
 # rather than any name in the sentence.
+# Answer types that ask for a figure or a date, whose quoted fact must be the question's (fact context checks).
+FIGURE_TYPES = frozenset({"date", "percent", "money", "quantity", "number"})
 STRICT_TYPES = frozenset({"date", "percent", "money", "quantity", "number", "place", "person", "organization"})
 # An organisation is a name the sentence calls one: "계열사인 그라운드X", "가전기업 하이어", "Kakao Corp".
 _ORGANISATION_NOUN = re.compile(
@@ -347,8 +349,7 @@ def gather_evidence(
     key_terms = frame.key_terms
     evidence_terms: set[str] = set()
     for candidate in quote:
-        evidence_terms |= set(candidate.sentence.terms)
-        evidence_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
+        evidence_terms |= _terms_with_headings(candidate, vocabulary)
     passage_terms = set(passage_words)
     for candidate in candidates:
         passage_terms |= vocabulary.heading_terms(candidate.sentence.heading_path)
@@ -463,7 +464,7 @@ def _fact_context(quote: Sequence[Candidate], frame: QuestionFrame, vocabulary: 
     Other kinds of question get 1 (names carry their own check in `answer_span`), and so do English ones:
     their words are never in the Korean text, so their absence says nothing.
     """
-    if frame.lang == "en" or frame.answer_type not in ("date", "percent", "money", "quantity", "number"):
+    if frame.lang == "en" or frame.answer_type not in FIGURE_TYPES:
         return 1.0
     best = 0.0
     for candidate in quote:
@@ -480,19 +481,21 @@ def _fact_sentence_coverage(quote: Sequence[Candidate], frame: QuestionFrame, vo
     sentence naming 오픈뱅킹: the date is in a sentence about something else. Other kinds of question, English
     ones (their words are never in the Korean text) and quotes without such a fact get 1.
     """
-    if frame.lang == "en" or frame.answer_type not in ("date", "percent", "money", "quantity", "number"):
+    if frame.lang == "en" or frame.answer_type not in FIGURE_TYPES:
         return 1.0
     typed = [c for c in quote if c.typed_facts]
     if not typed or not frame.key_terms:
         return 1.0
-    return max(
-        _weighted_share(
-            frame.key_terms,
-            [t in set(c.sentence.terms) | vocabulary.heading_terms(c.sentence.heading_path) for t in frame.key_terms],
-            vocabulary,
-        )
-        for c in typed
-    )
+    shares = []
+    for candidate in typed:
+        terms = _terms_with_headings(candidate, vocabulary)
+        shares.append(_weighted_share(frame.key_terms, [t in terms for t in frame.key_terms], vocabulary))
+    return max(shares)
+
+
+def _terms_with_headings(candidate: Candidate, vocabulary: BookVocabulary) -> set[str]:
+    """A quoted sentence's morphemes with those of the headings above it: what it says, in its context."""
+    return set(candidate.sentence.terms) | vocabulary.heading_terms(candidate.sentence.heading_path)
 
 
 def _key_term_occurrences(
