@@ -374,6 +374,10 @@ def gather_evidence(
         frame.checkable
         and any(asked.search(question) and not said.search(quoted_text) for asked, said in _ASKED_AND_SAID)
     )
+    # "What does CBDC stand for?" quoted with a title that names CBDC: an expansion asked, none written.
+    acronyms = _ACRONYM.findall(question) if _EXPANSION_ASKED.search(question) else []
+    # An expansion is as exact an answer as a date: it counts with the strict kinds.
+    expansion_missing = bool(acronyms) and not any(_expands(c.sentence.text, a) for c in quote for a in acronyms)
     # "2024년 … 전망" quoted with "2023 전망": a number of the question the quote and its headings lack.
     # Found as text ("3" is in "2023"): whole-number matching lost a dev near-topic question out of fold.
     number_missing = any(n not in quoted_text for n in _NUMBER.findall(question))
@@ -384,7 +388,7 @@ def gather_evidence(
         # A question the book is about has one sentence far above the rest; an off-topic one, none.
         "spread": best.sentence.cosine - sum(c.sentence.cosine for c in candidates) / len(candidates),
         "typed": 1.0 if frame.checkable else 0.0,
-        "type_missing": 1.0 if type_missing and frame.answer_type in STRICT_TYPES else 0.0,
+        "type_missing": 1.0 if (type_missing and frame.answer_type in STRICT_TYPES) or expansion_missing else 0.0,
         "name_missing": 1.0 if type_missing and frame.answer_type not in STRICT_TYPES else 0.0,
         "coverage": _weighted_share(key_terms, [t in evidence_terms for t in key_terms], vocabulary),
         "book_term_coverage": _weighted_share(book_terms, [t in evidence_terms for t in book_terms], vocabulary)
@@ -540,11 +544,12 @@ def wording_bonus(question: str) -> Callable[[str], float]:
 
 
 def _expands(sentence: str, acronym: str) -> bool:
-    """Whether the sentence spells `acronym` out: `IaaS(Infrastructure as a Service)` or `… Token(NFT)`."""
+    """Whether the sentence spells `acronym` out: `IaaS(Infrastructure as a Service)`, `… Token(NFT)` or `(CPS, Cyber Physical System)`."""
     escaped = re.escape(acronym)
     spelled_after = rf"(?<![A-Za-z0-9]){escaped}\s*\(\s*[A-Za-z][A-Za-z\-]*(\s+[A-Za-z][A-Za-z\-]*)+"
     spelled_before = rf"\([^()]*(?<![A-Za-z0-9]){escaped}\)"
-    return re.search(f"{spelled_after}|{spelled_before}", sentence) is not None
+    spelled_inside = rf"\(\s*{escaped}\s*,\s*[A-Za-z][A-Za-z\-]*(\s+[A-Za-z][A-Za-z\-]*)+"
+    return re.search(f"{spelled_after}|{spelled_before}|{spelled_inside}", sentence) is not None
 
 
 def empty_features(frame: QuestionFrame) -> dict[str, float]:

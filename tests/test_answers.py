@@ -38,6 +38,9 @@ def qa(engine: SearchEngine) -> QAService:
         ("저자가 기자 일을 시작한 해는?", "date"),
         ("덴마크 중소기업의 인공지능 사용률은?", "percent"),
         ("구글클라우드가 맨디언트를 인수할 때 쓴 금액은?", "money"),
+        # "얼마 한다" is what something costs; "얼마나 늘었나" is not.
+        ("비트코인 한 개가 지금 얼마쯤 한다고 나와 있어?", "money"),
+        ("매출이 얼마나 늘었나?", "number"),
         ("미국 제조업체 조사에 참여한 기업은 몇 곳이야?", "quantity"),
         ("메타노믹스는 몇 번 이슈야", "ordinal"),
         ("하이어 본사는 중국 어느 도시에 있나요?", "place"),
@@ -169,6 +172,22 @@ def test_an_acronym_question_quotes_where_the_book_spells_it_out(qa: QAService, 
     assert not result.abstained
     assert result.answer.startswith("Infrastructure as a Service — ")
     assert "IaaS(Infrastructure as a Service)" in result.citations[0].quote
+
+
+def test_an_expansion_written_inside_the_brackets_counts(qa: QAService) -> None:
+    """The book writes `사이버물리시스템(CPS, Cyber Physical System)`: CPS spelled out after a comma."""
+    result = qa.ask("What does CPS stand for in a smart factory?")
+    assert not result.abstained
+    assert result.answer.startswith("Cyber Physical System — ")
+    assert "(CPS, Cyber Physical System)" in result.citations[0].quote
+
+
+def test_an_expansion_asked_is_missing_from_a_title_that_only_names_the_acronym(qa: QAService) -> None:
+    """The book names CBDC only in a contents line; asked what it stands for, the quote must spell it out."""
+    assert qa.evidence("What does the abbreviation CBDC stand for?").features["type_missing"] == 1.0
+    assert qa.evidence("What does IaaS stand for?").features["type_missing"] == 0.0
+    # `사이버물리시스템(CPS, Cyber Physical System)` spells CPS out after a comma.
+    assert qa.evidence("What does CPS stand for in a smart factory?").features["type_missing"] == 0.0
 
 
 def test_the_next_sentence_joins_a_question_the_book_asks(qa: QAService) -> None:
