@@ -188,7 +188,9 @@ class ExtractiveAnswerer:
         target = specific[-1] if frame.lang == "ko" and specific else None
         subjects = [noun for noun in evidence.covered_nouns if noun != target][:2] or list(evidence.covered_nouns[:1])
         kind = MISSING_PHRASE.get(frame.answer_type)
-        if kind and target and target not in subjects:
+        if frame.expansions:
+            missing = f"‘{frame.expansions[0]}’의 풀네임"
+        elif kind and target and target not in subjects:
             missing = f"‘{target}’의 {kind}"
         elif kind:
             missing = f"질문하신 {kind}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from indexer.engine import SearchEngine, SentenceMatch
 from indexer.facts import PLACES, FactSpan
 from indexer.retrieval import Passage
-from service.question import SATISFIED_BY, QuestionFrame, frame_question
+from service.question import EXPANSION_ASKED, SATISFIED_BY, QuestionFrame, asked_expansions, frame_question
 
 # Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
 # (+ NEAR_WORD_WEIGHT * how near it comes to the question's words no passage has, + TYPE_WEIGHT when it
@@ -37,7 +37,6 @@ NEAR_WORD_WEIGHT = 0.05
 # 0.05 and 0.1 contain the same dev answers (one more than without); 0.1, as a sentence that does not
 # spell the acronym out cannot answer at all (it also carries "SaaS는 뭐의 줄임말이야?", not in the gold set).
 EXPANSION_WEIGHT = 0.1
-_EXPANSION_ASKED = re.compile(r"약자|줄임말|풀네임|풀어\s*쓰|stands?\s+for|abbreviat|full name|short for", re.IGNORECASE)
 # Added to a sentence that draws a comparison (처럼, 같이, 비유…) when the question asks what something is
 # likened to ("클라우드 요금 방식은 무엇에 비유되나요?": "…전기, 수도와 같이, 클라우드는…"). On dev, with the
 # model refitted each time: 0.02 one more answer, 0.05 and 0.1 two more and one false abstention fewer.
@@ -55,8 +54,6 @@ _TERM_ASKED = re.compile(
     re.IGNORECASE,
 )
 _TERM_DEFINED = re.compile(r"^\s*[‘'\"]?([A-Za-z][A-Za-z0-9\-]*|[가-힣]{2,10})[’'\"]?(?:\([^)]*\))?(?:은|는|이란|란)\s")
-# Latin letters only around it: a Korean particle right after it ("IaaS는") is a word character to `\b`.
-_ACRONYM = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Za-z]*[A-Z]\d*(?![A-Za-z0-9])")
 # Lines shorter than this ("차례", a lone label) are neither answers nor evidence.
 MIN_SENTENCE_CHARS = 4
 # The next sentence of the best one's paragraph joins the quote when scoring within this margin of it
@@ -375,9 +372,10 @@ def gather_evidence(
         and any(asked.search(question) and not said.search(quoted_text) for asked, said in _ASKED_AND_SAID)
     )
     # "What does CBDC stand for?" quoted with a title that names CBDC: an expansion asked, none written.
-    acronyms = _ACRONYM.findall(question) if _EXPANSION_ASKED.search(question) else []
     # An expansion is as exact an answer as a date: it counts with the strict kinds.
-    expansion_missing = bool(acronyms) and not any(_expands(c.sentence.text, a) for c in quote for a in acronyms)
+    expansion_missing = bool(frame.expansions) and not any(
+        _expands(c.sentence.text, acronym) for c in quote for acronym in frame.expansions
+    )
     # "2024년 … 전망" quoted with "2023 전망": a number of the question the quote and its headings lack.
     # Found as text ("3" is in "2023"): whole-number matching lost a dev near-topic question out of fold.
     number_missing = any(n not in quoted_text for n in _NUMBER.findall(question))
@@ -523,7 +521,7 @@ def _context_weight(fact: FactSpan, occurrences: Sequence[tuple[int, int, float]
 def wording_bonus(question: str) -> Callable[[str], float]:
     """What a sentence's wording adds to its score for this question: the acronym spelled out, the
     comparison drawn, or a term defined, when the question asks for that (each weight's comment says why)."""
-    acronyms = _ACRONYM.findall(question) if _EXPANSION_ASKED.search(question) else []
+    acronyms = asked_expansions(question)
     simile_asked = _SIMILE_ASKED.search(question) is not None
     term_asked = _TERM_ASKED.search(question) is not None
     asked = _squash(question)
@@ -616,7 +614,7 @@ def answer_span(candidate: Candidate, frame: QuestionFrame, vocabulary: BookVoca
     asked = frame.text
     unit = re.search(r"몇\s*([가-힣%]+?)(?:이나|이야|야|요|인가|인지|을|를|가|이|은|는|에|\s|\?|$)", asked)
     acronym_asked = re.search(r"\b[A-Z]{2,}\d*\b", asked) is not None
-    expansion_asked = _EXPANSION_ASKED.search(asked) is not None
+    expansion_asked = EXPANSION_ASKED.search(asked) is not None
 
     def preference(fact: FactSpan, text: str) -> float:
         """What the question's wording says about the fact it wants: its unit, an acronym or its expansion, a title."""

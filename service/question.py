@@ -130,6 +130,17 @@ _QUESTION_WORDS = frozenset(
 )
 
 
+# A question asking what an acronym stands for ("What does IaaS stand for?", "CPS는 무엇의 약자?").
+EXPANSION_ASKED = re.compile(r"약자|줄임말|풀네임|풀어\s*쓰|stands?\s+for|abbreviat|full name|short for", re.IGNORECASE)
+# Latin letters only around it: a Korean particle right after it ("IaaS는") is a word character to `\b`.
+_ACRONYM = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Za-z]*[A-Z]\d*(?![A-Za-z0-9])")
+
+
+def asked_expansions(text: str) -> tuple[str, ...]:
+    """The acronyms a question asks to have spelled out ("What does CBDC stand for?": CBDC), else ()."""
+    return tuple(_ACRONYM.findall(text)) if EXPANSION_ASKED.search(text) else ()
+
+
 @dataclass(frozen=True)
 class QuestionFrame:
     """A question as answering sees it: language, the answer type it wants, its key content words.
@@ -147,6 +158,11 @@ class QuestionFrame:
     @property
     def checkable(self) -> bool:
         return self.answer_type in CHECKABLE
+
+    @property
+    def expansions(self) -> tuple[str, ...]:
+        """The acronyms the question asks to have spelled out: an answer must write them out in words."""
+        return asked_expansions(self.text)
 
 
 def question_language(text: str) -> Literal["ko", "en"]:

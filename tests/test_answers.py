@@ -185,6 +185,9 @@ def test_an_expansion_written_inside_the_brackets_counts(qa: QAService) -> None:
 def test_an_expansion_asked_is_missing_from_a_title_that_only_names_the_acronym(qa: QAService) -> None:
     """The book names CBDC only in a contents line; asked what it stands for, the quote must spell it out."""
     assert qa.evidence("What does the abbreviation CBDC stand for?").features["type_missing"] == 1.0
+    declined = qa.ask("목차에 나오는 CBDC는 무엇의 줄임말인가요?")
+    assert declined.abstained
+    assert "‘CBDC’의 풀네임은 나오지 않습니다" in declined.answer
     assert qa.evidence("What does IaaS stand for?").features["type_missing"] == 0.0
     # `사이버물리시스템(CPS, Cyber Physical System)` spells CPS out after a comma.
     assert qa.evidence("What does CPS stand for in a smart factory?").features["type_missing"] == 0.0
