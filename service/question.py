@@ -70,8 +70,9 @@ _KO_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
             r"몇\s*번\s*째|몇\s*번\s*(트렌드|이슈|장|절|부)|(트렌드|이슈|장|절|부|issue|trend)\S*\s*(는|은)?\s*몇\s*번|"
             r"몇\s*번\s*(이야|인가|이에요|이지|일까|이슈|트렌드)|어느\s*(트렌드|이슈|issue|trend)",
         ),
-        ("quantity", r"몇\s*(명|곳|개|가지|개국|세대|번|배|개사|군데|살)|몇이나|인원"),
-        ("number", r"얼마|몇"),
+        ("quantity", r"몇\s*(명|곳|개(?!만)|가지(?!만)|개국|세대|번|배|개사|군데|살)|몇이나|인원"),
+        # "얼마나 감당할 수 있나" asks a degree, "몇 개만 말해줘" a few of a list: neither a figure.
+        ("number", r"얼마(?!나\s*(감당|감수|중요|어렵|어려|쉽|쉬|잘|자주|필요))|몇(?!\s*(개|가지)만)"),
         ("place", r"어느\s*(나라|도시|지역|국가|곳에)|(나라|도시|지역|국가)(들)?(은|는|이|가)?\s*어디|본사|어디에\s*(있|위치)|어디\s*(있|위치)"),
         (
             "person",
@@ -102,7 +103,7 @@ _EN_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
         ("money", r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee)\b|\bprice\b|\bin (us )?dollars\b|\bhow much money\b"),
         ("ordinal", r"\bwhich (trend|issue|chapter|part)\b"),
         ("quantity", r"\bhow many\b"),
-        ("number", r"\bhow much\b|\bhow large\b|\bhow big\b|\bsize of\b"),
+        ("number", r"\bhow much\b(?! (risk|effort|attention|importance|control|influence)\b)|\bhow large\b|\bhow big\b|\bsize of\b"),
         ("place", r"\bwhere\b|\bwhich (country|city|region|countries)\b|\bheadquarter"),
         (
             "person",

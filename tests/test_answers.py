@@ -41,6 +41,11 @@ def qa(engine: SearchEngine) -> QAService:
         # "얼마 한다" is what something costs; "얼마나 늘었나" is not.
         ("비트코인 한 개가 지금 얼마쯤 한다고 나와 있어?", "money"),
         ("매출이 얼마나 늘었나?", "number"),
+        # A degree ("얼마나 감당할 수 있나", "how much risk") and a few of a list ("몇 개만") are not figures.
+        ("자금이 넉넉지 않은 중소기업은 대기업에 비해 위험을 얼마나 감당할 수 있나?", "other"),
+        ("Compared with big companies, how much risk can small firms afford to take?", "manner"),
+        ("스마트 팩토리로 뭘 기대할 수 있대? 몇 개만 말해줘", "other"),
+        ("2부에서 소개하는 트렌드는 모두 몇 개인가요?", "quantity"),
         ("미국 제조업체 조사에 참여한 기업은 몇 곳이야?", "quantity"),
         ("메타노믹스는 몇 번 이슈야", "ordinal"),
         ("하이어 본사는 중국 어느 도시에 있나요?", "place"),
@@ -191,6 +196,13 @@ def test_an_expansion_asked_is_missing_from_a_title_that_only_names_the_acronym(
     assert qa.evidence("What does IaaS stand for?").features["type_missing"] == 0.0
     # `사이버물리시스템(CPS, Cyber Physical System)` spells CPS out after a comma.
     assert qa.evidence("What does CPS stand for in a smart factory?").features["type_missing"] == 0.0
+
+
+def test_a_label_the_question_names_picks_its_line(qa: QAService) -> None:
+    """"ISSUE 8" named: its contents line, not ISSUE 1's, whose words (인공지능, 기술) are closer to the question's."""
+    result = qa.ask("1부의 ISSUE 8은 어떤 기술을 다루나?")
+    assert not result.abstained
+    assert result.citations[0].quote.startswith("ISSUE 8_디지털 트윈")
 
 
 def test_the_next_sentence_joins_a_question_the_book_asks(qa: QAService) -> None:

@@ -59,7 +59,7 @@ def test_gold_set_loads_and_every_evidence_is_in_the_corpus(gold: list[GoldQuest
     assert all(q.answers and q.evidence for q in gold if q.answerable)
 
 
-@pytest.mark.parametrize(("path", "size", "splits"), [(BLIND, 82, {"test"}), (TRAIN, 278, {"dev"})], ids=["blind", "train"])
+@pytest.mark.parametrize(("path", "size", "splits"), [(BLIND, 82, {"test"}), (TRAIN, 412, {"dev"})], ids=["blind", "train"])
 def test_extra_sets_are_tagged_and_every_answer_is_in_the_corpus(
     gold: list[GoldQuestion], path: Path, size: int, splits: set[str]
 ) -> None:
