@@ -84,8 +84,9 @@ _KO_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
         ),
         (
             "organization",
-            r"(어느|무슨)\s*(회사|기업|기관|은행|업체|부처|언론사|출판사|대학|학교)|"
-            r"(회사|기업|기관|은행|업체|언론사|출판사|대학|학교|부처|마켓플레이스|플랫폼|거래소|단체)(는|은|가|이)?\s*어디|"
+            r"(어느|무슨)\s*(회사|기업|기관|은행|업체|부처|언론사|신문사|방송사|출판사|대학|학교)|"
+            r"(회사|기업|기관|은행|업체|언론사|신문사|방송사|출판사|대학|학교|부처|마켓플레이스|플랫폼|거래소|단체)"
+            r"(으로는|로는|는|은|가|이)?\s*어디|"
             r"어디가\s*있",
         ),
         ("reason", r"왜|어째서"),
@@ -100,19 +101,26 @@ _EN_RULES: tuple[tuple[AnswerType, re.Pattern[str]], ...] = tuple(
     for kind, pattern in (
         ("date", r"\bwhen\b(?! it comes to)|\bwhat (year|date|month)\b|\bwhich year\b|\bin which year\b|\bsince when\b"),
         ("percent", r"\bpercent|\bpercentage\b|\bwhat share\b|\bwhat proportion\b|\brate\b"),
-        ("money", r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee)\b|\bprice\b|\bin (us )?dollars\b|\bhow much money\b"),
+        # "How is the price … set" asks how, not how much.
+        (
+            "money",
+            r"\bhow much\b.*\b(cost|pay|paid|price|worth|spend|spent|fee|sell|sold)\b|"
+            r"\bprice\b(?!.{0,40}\b(set|determined|decided)\b)|\bsalar(y|ies)\b|\bin (us )?dollars\b|\bhow much money\b",
+        ),
         ("ordinal", r"\bwhich (trend|issue|chapter|part)\b"),
         ("quantity", r"\bhow many\b"),
         ("number", r"\bhow much\b(?! (risk|effort|attention|importance|control|influence)\b)|\bhow large\b|\bhow big\b|\bsize of\b"),
-        ("place", r"\bwhere\b|\bwhich (country|city|region|countries)\b|\bheadquarter"),
+        # ", where every coin costs the same" is a relative clause, not a where-question.
+        ("place", r"(?<!, )\bwhere\b|\bwhich (country|city|region|countries)\b|\bheadquarter"),
         (
             "person",
             r"\bwho (founded|invented|created|started|proposed|wrote|coined|leads|runs|is the ceo)\b|\bfounder\b|"
-            r"\b(author|writer|ceo|president|chairman)(\'s|’s)? (full )?name\b|\bname of the (author|writer|founder|ceo)\b",
+            r"\b(author|writer|ceo|president|chairman)(\'s|’s)? (full )?name\b|\bname of the (author|writer|founder|ceo)\b|"
+            r"\bwho(\'s|’s| is) the (author|writer)\b",
         ),
         ("organization", r"\bwhich (\S+ ){0,3}(company|companies|firm|firms|maker|manufacturer|organi[sz]ation|bank|provider|vendor)s?\b"),
         ("reason", r"\bwhy\b"),
-        ("name", r"\bstand for\b|\bcalled\b|\bthe name\b|\btitle\b|\bnamed\b|\bwhich (standard|platform|protocol)\b"),
+        ("name", r"\bstand for\b|\bcalled\b|\bthe name\b|\btitle\b|\bnamed\b|\bwhich (\S+ )?(standard|platform|protocol)s?\b"),
         ("definition", r"^\s*what (is|are) (an? |the )?[\w\-]+( [\w\-]+){0,3}\s*\??\s*$|\bdefine\b|\bmeaning of\b"),
         ("reason", r"\breason\b"),
         ("manner", r"\bhow\b"),
