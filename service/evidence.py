@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from indexer.engine import SearchEngine, SentenceMatch
 from indexer.facts import PLACES, FactSpan
 from indexer.retrieval import Passage
-from service.question import EXPANSION_ASKED, SATISFIED_BY, QuestionFrame, asked_expansions, frame_question
+from service.question import EXPANSION_ASKED, SATISFIED_BY, QuestionFrame, frame_question
 
 # Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
 # (+ NEAR_WORD_WEIGHT * how near it comes to the question's words no passage has, + TYPE_WEIGHT when it
@@ -307,7 +307,7 @@ def gather_evidence(
     """
     frame = frame_question(question, engine.query_terms(query), engine.query_tokens(query))
     query_terms = set(engine.query_terms(query))
-    cue_bonus = wording_bonus(question)
+    cue_bonus = wording_bonus(frame)
     seen: set[tuple[str, int, int]] = set()
     matches: list[SentenceMatch] = []
     for match in engine.sentence_matches(query, [passage.chunk_id for passage in passages]):
@@ -523,11 +523,12 @@ def _context_weight(fact: FactSpan, occurrences: Sequence[tuple[int, int, float]
     return sum(weight for _, end, weight in occurrences if fact.start - FACT_CONTEXT_CHARS <= end <= fact.start)
 
 
-def wording_bonus(question: str) -> Callable[[str], float]:
+def wording_bonus(frame: QuestionFrame) -> Callable[[str], float]:
     """What a sentence's wording adds to its score for this question: the acronym spelled out, the comparison
     drawn, a term defined or the label named ("ISSUE 8"), when the question asks for that (each weight's comment
     says why)."""
-    acronyms = asked_expansions(question)
+    question = frame.text
+    acronyms = frame.expansions
     simile_asked = _SIMILE_ASKED.search(question) is not None
     term_asked = _TERM_ASKED.search(question) is not None
     asked = _squash(question)
@@ -553,7 +554,8 @@ def wording_bonus(question: str) -> Callable[[str], float]:
 
 
 def _expands(sentence: str, acronym: str) -> bool:
-    """Whether the sentence spells `acronym` out: `IaaS(Infrastructure as a Service)`, `… Token(NFT)` or `(CPS, Cyber Physical System)`."""
+    """Whether the sentence spells `acronym` out: `IaaS(Infrastructure as a Service)`, `… Token(NFT)` or
+    `(CPS, Cyber Physical System)`."""
     escaped = re.escape(acronym)
     spelled_after = rf"(?<![A-Za-z0-9]){escaped}\s*\(\s*[A-Za-z][A-Za-z\-]*(\s+[A-Za-z][A-Za-z\-]*)+"
     spelled_before = rf"\([^()]*(?<![A-Za-z0-9]){escaped}\)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from indexer.facts import FactKind, Token
@@ -145,11 +146,6 @@ EXPANSION_ASKED = re.compile(r"약자|줄임말|풀네임|풀어\s*쓰|stands?\s
 _ACRONYM = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Za-z]*[A-Z]\d*(?![A-Za-z0-9])")
 
 
-def asked_expansions(text: str) -> tuple[str, ...]:
-    """The acronyms a question asks to have spelled out ("What does CBDC stand for?": CBDC), else ()."""
-    return tuple(_ACRONYM.findall(text)) if EXPANSION_ASKED.search(text) else ()
-
-
 @dataclass(frozen=True)
 class QuestionFrame:
     """A question as answering sees it: language, the answer type it wants, its key content words.
@@ -168,10 +164,11 @@ class QuestionFrame:
     def checkable(self) -> bool:
         return self.answer_type in CHECKABLE
 
-    @property
+    @cached_property
     def expansions(self) -> tuple[str, ...]:
-        """The acronyms the question asks to have spelled out: an answer must write them out in words."""
-        return asked_expansions(self.text)
+        """The acronyms the question asks to have spelled out ("What does CBDC stand for?": CBDC), else ():
+        an answer must write them out in words."""
+        return tuple(_ACRONYM.findall(self.text)) if EXPANSION_ASKED.search(self.text) else ()
 
 
 def question_language(text: str) -> Literal["ko", "en"]:
