@@ -144,6 +144,43 @@ _QUESTION_WORDS = frozenset(
 EXPANSION_ASKED = re.compile(r"약자|줄임말|풀네임|풀어\s*쓰|stands?\s+for|abbreviat|full name|short for", re.IGNORECASE)
 # Latin letters only around it: a Korean particle right after it ("IaaS는") is a word character to `\b`.
 _ACRONYM = re.compile(r"(?<![A-Za-z0-9])[A-Z][A-Za-z]*[A-Z]\d*(?![A-Za-z0-9])")
+# The counters a count may carry to answer a how-many question, by the counter the question counts in:
+# "영국의 AI 인력은 몇 명?" is not answered by "3개국", nor "몇 개 회사?" by "5%".
+_PLACES_COUNTED = frozenset({"곳", "개", "개사", "군데"})
+COUNTERS: dict[str, frozenset[str]] = {
+    "명": frozenset({"명", "인"}),
+    "곳": _PLACES_COUNTED,
+    "군데": _PLACES_COUNTED,
+    "개사": _PLACES_COUNTED,
+    "개": frozenset({"개", "곳", "개사", "가지", "종", "건", "개국", "대"}),
+    "가지": frozenset({"가지", "개", "종"}),
+    "개국": frozenset({"개국", "개", "곳"}),
+    "세대": frozenset({"세대"}),
+    "번": frozenset({"번", "차례", "회"}),
+    "배": frozenset({"배"}),
+    "살": frozenset({"살", "세"}),
+}
+_KO_COUNTER = re.compile(r"몇\s*(명|곳|개국|개사|개|가지|세대|번|배|군데|살)")
+_EN_COUNTERS = (
+    (
+        re.compile(
+            r"\bhow many (\S+ ){0,2}(people|persons|users|employees|workers|specialists|experts|members|subscribers|"
+            r"customers|staff|developers|engineers)\b",
+            re.IGNORECASE,
+        ),
+        "명",
+    ),
+    (re.compile(r"\bhow many (\S+ ){0,2}countries\b", re.IGNORECASE), "개국"),
+    (
+        re.compile(
+            r"\bhow many (\S+ ){0,2}(companies|firms|businesses|manufacturers|banks|providers|organi[sz]ations|"
+            r"operators|factories|platforms)\b",
+            re.IGNORECASE,
+        ),
+        "곳",
+    ),
+    (re.compile(r"\bhow many times\b", re.IGNORECASE), "번"),
+)
 
 
 @dataclass(frozen=True)
@@ -170,6 +207,24 @@ class QuestionFrame:
         an answer must write them out in words."""
         return tuple(_ACRONYM.findall(self.text)) if EXPANSION_ASKED.search(self.text) else ()
 
+    @cached_property
+    def counters(self) -> frozenset[str]:
+        """The counters a count must carry to answer the question ("몇 명", "how many users": 명, 인), else
+        empty: a how-many question counts something, and a count of something else does not answer it."""
+        if self.answer_type not in ("quantity", "number"):
+            return frozenset()
+        if self.lang == "en":
+            counter = next((unit for pattern, unit in _EN_COUNTERS if pattern.search(self.text)), None)
+        else:
+            found = _KO_COUNTER.search(_without_several(self.text))
+            counter = found.group(1) if found else None
+        return COUNTERS[counter] if counter else frozenset()
+
+
+def _without_several(text: str) -> str:
+    """"몇몇 곳" (some places) asks no count: read as 여러, so 몇's rules see only how-many questions."""
+    return text.replace("몇몇", "여러")
+
 
 def question_language(text: str) -> Literal["ko", "en"]:
     """"en" when Latin letters outnumber Hangul (a Korean question naming NFT or IaaS stays "ko")."""
@@ -185,6 +240,7 @@ def answer_type(text: str, lang: Literal["ko", "en"]) -> AnswerType:
             if pattern.search(text):
                 return kind
         return "other"
+    text = _without_several(text)
     for kind, pattern in _KO_RULES:
         if pattern.search(text):
             return kind

@@ -55,6 +55,8 @@ def qa(engine: SearchEngine) -> QAService:
         # How a price is set is a how-question; ", where every coin …" is a relative clause.
         ("How is the price of an NFT set differently from Bitcoin, where every coin costs the same?", "manner"),
         ("미국 제조업체 조사에 참여한 기업은 몇 곳이야?", "quantity"),
+        # "몇몇 곳" is some places: no count asked.
+        ("AI 인재가 몇몇 곳에 몰려 있는 현상을 책은 뭐라고 표현해?", "other"),
         ("메타노믹스는 몇 번 이슈야", "ordinal"),
         ("하이어 본사는 중국 어느 도시에 있나요?", "place"),
         ("이더리움을 만든 사람은 누구인가요?", "person"),
@@ -501,6 +503,22 @@ def test_a_number_that_places_does_not_count(qa: QAService) -> None:
     assert not qa.ask(question).answer.startswith("4차")
     asked_in_its_unit = qa.ask("스마트 팩토리는 몇 차 산업혁명의 생산설비인가요?")
     assert not asked_in_its_unit.abstained and asked_in_its_unit.answer.startswith("4차")
+
+
+def test_a_count_answers_only_in_the_asked_counter(qa: QAService) -> None:
+    """The book says half of Europe's AI specialists work in 3개국 (영국, 프랑스, 독일), never how many work in 영국: a
+    count of countries does not answer "몇 명", and "1개당 가격" (a price per coin) does not answer how many coins;
+    the same count asked in its own counter, or as "몇 개 나라" or "how many companies", does."""
+    for question in ("영국에 있는 인공지능 전문 인력은 몇 명이나 돼?", "비트코인은 총 몇 개까지 발행될 수 있나요?"):
+        evidence = qa.evidence(question)
+        assert evidence.frame.answer_type == "quantity" and evidence.features["type_missing"] == 1.0, question
+    for question in (
+        "유럽 인공지능 전문인력의 절반 정도는 몇 개 나라에 분포해 있나?",
+        "How many US manufacturers were covered by the survey on AI strategies?",
+    ):
+        evidence = qa.evidence(question)
+        assert evidence.frame.counters and evidence.features["type_missing"] == 0.0, question
+    assert qa.ask("미국 제조업체 AI 조사, 몇 개 회사 대상으로 한 거야?").answer.startswith("60곳")
 
 
 def test_a_change_asked_is_not_answered_by_one_moments_figure(qa: QAService) -> None:
