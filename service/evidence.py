@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from indexer.engine import SearchEngine, SentenceMatch
 from indexer.facts import PLACES, FactSpan
 from indexer.retrieval import Passage
-from service.question import EXPANSION_ASKED, SATISFIED_BY, QuestionFrame, frame_question
+from service.question import BOOK_PART, EXPANSION_ASKED, SATISFIED_BY, QuestionFrame, frame_question
 
 # Sentence score = cosine + LEXICAL_WEIGHT * share of the question's morphemes in the sentence
 # (+ NEAR_WORD_WEIGHT * how near it comes to the question's words no passage has, + TYPE_WEIGHT when it
@@ -467,7 +467,7 @@ def _place_mismatch(frame: QuestionFrame, quote: Sequence[Candidate], evidence_t
 
 
 def _about_book(term: str, vocabulary: BookVocabulary) -> bool:
-    return vocabulary.in_book(term) or term in BOOK_SELF_WORDS
+    return vocabulary.in_book(term) or term in BOOK_SELF_WORDS or BOOK_PART.fullmatch(term) is not None
 
 
 def _fact_context(quote: Sequence[Candidate], frame: QuestionFrame, vocabulary: BookVocabulary) -> float:

@@ -257,6 +257,21 @@ def frame_question(text: str, terms: tuple[str, ...], tokens: tuple[Token, ...])
 
 
 _NOUN_TAGS = ("NNG", "NNP", "SL", "SH")
+# The book's own sections as a reader names them: "1부", "들어가며", "나가며".
+BOOK_PART = re.compile(r"\d+부")
+# Kiwi reads "들어가며" as 들/VV 어/EC 가/VX 며/EC and "나가며" as 나가/VV 며/EC.
+_SECTION_VERBS = {("들", "어", "가", "며"): "들어가며", ("나가", "며"): "나가며"}
+
+
+def _book_label(tokens: tuple[Token, ...], index: int) -> str | None:
+    """The section of the book named at `tokens[index]` ("1부", "들어가며"), else None."""
+    token = tokens[index]
+    if token.tag == "NNB" and token.form == "부" and index and tokens[index - 1].tag == "SN":
+        return f"{tokens[index - 1].form}부"
+    for forms, label in _SECTION_VERBS.items():
+        if tuple(t.form for t in tokens[index : index + len(forms)]) == forms and token.tag == "VV":
+            return label
+    return None
 
 
 def question_nouns(tokens: tuple[Token, ...]) -> tuple[str, ...]:
@@ -276,7 +291,13 @@ def question_nouns(tokens: tuple[Token, ...]) -> tuple[str, ...]:
                 runs.append((form, verbal))
             current.clear()
 
-    for token in tokens:
+    for index, token in enumerate(tokens):
+        # "1부" names a part of the book (Kiwi: 1/SN + 부/NNB); "들어가며" its introduction (read as a verb).
+        label = _book_label(tokens, index)
+        if label:
+            close(token)
+            runs.append((label, False))
+            continue
         if token.tag in _NOUN_TAGS and (not current or token.start == current[-1].end):
             current.append(token)
             continue

@@ -521,6 +521,19 @@ def test_a_count_answers_only_in_the_asked_counter(qa: QAService) -> None:
     assert qa.ask("미국 제조업체 AI 조사, 몇 개 회사 대상으로 한 거야?").answer.startswith("60곳")
 
 
+def test_a_question_naming_a_part_of_the_book_is_about_the_book(qa: QAService) -> None:
+    """"1부의 제목은?" and "들어가며 장의 제목은?" have no other noun (제목 asks): the part they name is theirs, and it
+    is the book's, as a question about 웹 3.0 (a word the book never uses) is not."""
+    assert qa.evidence("1부의 제목은 무엇인가요?").frame.nouns == ("1부",)
+    assert qa.evidence("들어가며 장의 제목은?").frame.nouns == ("들어가며",)
+    for question in ("1부의 제목은 무엇인가요?", "들어가며 장의 제목은?", "2부 제목 알려줘"):
+        assert qa.evidence(question).features["noun_book_coverage"] == 1.0, question
+    assert qa.evidence("회사에 들어가며 느낀 점은?").frame.nouns == ("회사",)
+    assert qa.evidence("웹 3.0은 웹 2.0과 무엇이 다른가요?").features["noun_book_coverage"] == 0.0
+    answer = qa.ask("1부의 제목은 무엇인가요?")
+    assert not answer.abstained and "디지털 트렌드 2022 리뷰" in answer.answer
+
+
 def test_a_change_asked_is_not_answered_by_one_moments_figure(qa: QAService) -> None:
     """The book gives 덴마크's AI use "2019년 기준", never how it grew: "얼마나 늘었나" quoted with that figure is a
     missing answer; the same figure asked for as such is not."""
