@@ -534,6 +534,19 @@ def test_a_question_naming_a_part_of_the_book_is_about_the_book(qa: QAService) -
     assert not answer.abstained and "디지털 트렌드 2022 리뷰" in answer.answer
 
 
+def test_a_comparison_quotes_each_side(qa: QAService) -> None:
+    """"퍼블릭 클라우드와 프라이빗 클라우드의 차이는?" is best matched by the sentence naming both types; the answer
+    also quotes what the book says of a compared side near enough to it ("프라이빗은 … 제한하는 방식으로"), which
+    the best sentence alone left out. "다른 업종보다" compares nothing."""
+    answer = qa.ask("퍼블릭 클라우드와 프라이빗 클라우드의 차이는?")
+    assert not answer.abstained
+    quotes = [citation.quote for citation in answer.citations]
+    assert any(q.startswith("프라이빗은") for q in quotes), quotes
+    assert len(quotes) <= 3
+    single = qa.ask("공장에 AI를 들일 때 다른 업종보다 정밀함이 훨씬 중요한 까닭은 뭔가요?")
+    assert len(single.citations) <= 2
+
+
 def test_a_change_asked_is_not_answered_by_one_moments_figure(qa: QAService) -> None:
     """The book gives 덴마크's AI use "2019년 기준", never how it grew: "얼마나 늘었나" quoted with that figure is a
     missing answer; the same figure asked for as such is not."""
