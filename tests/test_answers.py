@@ -547,6 +547,13 @@ def test_a_comparison_quotes_each_side(qa: QAService) -> None:
     assert len(single.citations) <= 2
 
 
+def test_a_question_about_the_contents_quotes_a_contents_line(qa: QAService) -> None:
+    """"…목차에 적혀 있나요?" asks what a title says: the contents line ("TREND 6 OTT 전쟁의 시작, 게임과 웹툰까지
+    잡아야 산다") is quoted rather than a body sentence about streaming."""
+    answer = qa.ask("동영상 스트리밍 경쟁에서 살아남으려면 영상 말고 어떤 콘텐츠까지 손에 넣어야 한다고 목차에 적혀 있나요?")
+    assert not answer.abstained and "게임과 웹툰" in answer.answer
+
+
 def test_a_change_asked_is_not_answered_by_one_moments_figure(qa: QAService) -> None:
     """The book gives 덴마크's AI use "2019년 기준", never how it grew: "얼마나 늘었나" quoted with that figure is a
     missing answer; the same figure asked for as such is not."""
