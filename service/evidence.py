@@ -270,10 +270,9 @@ def _typed_facts(match: SentenceMatch, frame: QuestionFrame, question: str) -> t
         text = _squash(match.text[fact.start - match.start : fact.end - match.start])
         if month_asked and not _MONTH.search(text):
             continue
-        # "1개당 가격" is a rate, and "3개국" no count of people: neither answers "몇 명".
-        if frame.answer_type in ("quantity", "number") and fact.kind == "quantity":
-            if match.text[fact.end - match.start :].startswith("당"):
-                continue
+        # "1개당 가격" is a rate, not a count; "3개국" counts countries, and does not answer "몇 명".
+        if fact.kind == "quantity" and match.text[fact.end - match.start :].startswith("당"):
+            continue
         if frame.counters and (fact.kind != "quantity" or not text.endswith(tuple(frame.counters))):
             continue
         ordinal = _ORDINAL_COUNT.fullmatch(text)
