@@ -36,6 +36,8 @@ def qa(engine: SearchEngine) -> QAService:
     [
         ("마이페이먼트는 언제부터 시행돼?", "date"),
         ("저자가 기자 일을 시작한 해는?", "date"),
+        ("글쓴이가 기자로 일하기 시작한 것은 어느 해인가?", "date"),
+        ("어느 해결책이 더 낫다고 해?", "other"),
         ("덴마크 중소기업의 인공지능 사용률은?", "percent"),
         ("구글클라우드가 맨디언트를 인수할 때 쓴 금액은?", "money"),
         # "얼마 한다" is what something costs; "얼마나 늘었나" is not.
