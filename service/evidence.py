@@ -59,6 +59,34 @@ _TERM_DEFINED = re.compile(r"^\s*[‘'\"]?([A-Za-z][A-Za-z0-9\-]*|[가-힣]{2,10
 # refitted: 0.05 and 0.1 the same answers, one near-topic question more declined than without.
 LABEL_WEIGHT = 0.1
 _LABEL = re.compile(r"\b(trend|issue|part)\s*(\d+)(?!\d)", re.IGNORECASE)
+# A label named by its place: "the first 2023 trend", "the second part", "첫 번째 이슈", "두 번째 파트".
+_ORDINALS = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
+    "ninth": 9, "tenth": 10, "첫": 1, "두": 2, "세": 3, "네": 4, "다섯": 5, "여섯": 6, "일곱": 7, "여덟": 8,
+    "아홉": 9, "열": 10,
+}
+_ORDINAL_LABEL = re.compile(
+    r"\b(first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth)\s+(?:\d{4}\s+)?(trend|issue|part)\b|"
+    r"(첫|두|세|네|다섯|여섯|일곱|여덟|아홉|열)\s*번째\s*(트렌드|이슈|파트)",
+    re.IGNORECASE,
+)
+_LABEL_WORDS = {"트렌드": "trend", "이슈": "issue", "파트": "part"}
+
+
+def named_labels(question: str) -> list[tuple[str, int]]:
+    """The TREND, ISSUE or part labels a question names, by number or by place ("the first 2023 trend": trend 1)."""
+    labels = [(kind.lower(), int(number)) for kind, number in _LABEL.findall(question)]
+    for match in _ORDINAL_LABEL.finditer(question):
+        ordinal, kind = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        labels.append((_LABEL_WORDS.get(kind, kind.lower()), _ORDINALS[ordinal.lower()]))
+    return labels
+
+
+def _label_line(kind: str, number: int) -> re.Pattern[str]:
+    """A line carrying the label: "TREND 1 …", "ISSUE 8_…", and a part as "Part 2" or "2부"."""
+    if kind == "part":
+        return re.compile(rf"\bpart\s*{number}(?!\d)|(?<!\d){number}\s*부", re.IGNORECASE)
+    return re.compile(rf"\b{kind}\s*{number}(?!\d)", re.IGNORECASE)
 # A comparison asked ("X와 Y의 차이는?", "X는 Y와 달리", "How does X differ from Y?"; not "다른 업종보다") is
 # answered by each side: the best sentence whose topic is a compared subject joins when within SIDE_MARGIN of
 # the best. On dev, answers holding the gold answer 0.852 -> 0.861 (0.05) -> 0.864 (0.1), at 1.53 -> 1.57
@@ -580,9 +608,11 @@ def wording_bonus(frame: QuestionFrame) -> Callable[[str, str], float]:
     simile_asked = _SIMILE_ASKED.search(question) is not None
     term_asked = _TERM_ASKED.search(question) is not None
     asked = _squash(question)
-    labels = [
-        re.compile(rf"\b{kind}\s*{number}(?!\d)", re.IGNORECASE) for kind, number in _LABEL.findall(question)
-    ]
+    named = named_labels(question)
+    # "In part 2, which trend …", "In Part 1, … ISSUE 9": the part only says where to look.
+    if frame.answer_type == "ordinal" or any(kind != "part" for kind, _ in named):
+        named = [(kind, number) for kind, number in named if kind != "part"]
+    labels = [_label_line(kind, number) for kind, number in named]
 
     title_asked = _TITLE_ASKED.search(question) is not None
 

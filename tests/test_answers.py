@@ -16,7 +16,7 @@ from indexer.facts import fact_spans, title_span
 from indexer.korean import KoreanAnalyzer
 from service.abstention import MODEL_PATH, AbstentionModel, AbstentionModelError, load_model
 from service.answer import ABSTAIN_MESSAGE, Citation, topic_particle
-from service.evidence import FEATURES
+from service.evidence import FEATURES, named_labels
 from service.qa import QAService
 from service.question import answer_type, question_language
 from tests.test_cli import run
@@ -215,6 +215,20 @@ def test_a_label_the_question_names_picks_its_line(qa: QAService) -> None:
     result = qa.ask("1부의 ISSUE 8은 어떤 기술을 다루나?")
     assert not result.abstained
     assert result.citations[0].quote.startswith("ISSUE 8_디지털 트윈")
+
+
+def test_a_label_named_by_its_place_is_read_as_its_number(qa: QAService) -> None:
+    """"the first 2023 trend" is TREND 1 and "첫 번째 파트" the 1부 line; a part that only says where to look ("In
+    part 2, which trend …") is no label, and "the first to issue" names none."""
+    assert named_labels("According to the first 2023 trend title, what?") == [("trend", 1)]
+    assert named_labels("책의 첫 번째 파트는 어느 해를 되돌아보나?") == [("part", 1)]
+    assert named_labels("Which country was the first to issue a CBDC?") == []
+    answer = qa.ask("According to the first 2023 trend title, doing what alone makes money pile up in your bank account?")
+    assert not answer.abstained and answer.citations[0].quote.startswith("TREND 1")
+    part = qa.ask("책의 앞쪽 절반, 즉 첫 번째 파트는 어느 해를 되돌아보는 내용인가?")
+    assert not part.abstained and "디지털 트렌드 2022 리뷰" in part.answer
+    trend = qa.ask("In part 2, which trend number covers digital healthcare?")
+    assert "TREND 9" in trend.answer
 
 
 def test_the_next_sentence_joins_a_question_the_book_asks(qa: QAService) -> None:
