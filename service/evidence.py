@@ -71,19 +71,32 @@ _ORDINAL_LABEL = re.compile(
     re.IGNORECASE,
 )
 _LABEL_WORDS = {"트렌드": "trend", "이슈": "issue", "파트": "part"}
+# The book's introduction is headed "들어가며_ …", its closing "나가며"; a reader may call them otherwise.
+_SECTIONS = (
+    (re.compile(r"들어가며|머리말|서문|\b(?:introduction|preface|foreword|prologue)\b", re.IGNORECASE), "들어가며"),
+    (re.compile(r"나가며|맺음말|\b(?:epilogue|afterword|closing chapter)\b", re.IGNORECASE), "나가며"),
+)
 
 
-def named_labels(question: str) -> list[tuple[str, int]]:
-    """The TREND, ISSUE or part labels a question names, by number or by place ("the first 2023 trend": trend 1)."""
+def named_labels(question: str) -> list[tuple[str, int | str]]:
+    """The TREND, ISSUE or part labels a question names, by number or by place ("the first 2023 trend": trend 1),
+    and the book's introduction or closing when its title is asked ("the title of the book's introduction":
+    들어가며)."""
     labels = [(kind.lower(), int(number)) for kind, number in _LABEL.findall(question)]
     for match in _ORDINAL_LABEL.finditer(question):
         ordinal, kind = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
         labels.append((_LABEL_WORDS.get(kind, kind.lower()), _ORDINALS[ordinal.lower()]))
+    # Only its title: "서문은 … 무엇을 해야 한다고 말하나요?" asks what the introduction says, not its heading.
+    if _TITLE_ASKED.search(question):
+        labels += [("section", heading) for pattern, heading in _SECTIONS if pattern.search(question)]
     return labels
 
 
-def _label_line(kind: str, number: int) -> re.Pattern[str]:
-    """A line carrying the label: "TREND 1 …", "ISSUE 8_…", and a part as "Part 2" or "2부"."""
+def _label_line(kind: str, number: int | str) -> re.Pattern[str]:
+    """A line carrying the label: "TREND 1 …", "ISSUE 8_…", a part as "Part 2" or "2부", a section by its
+    heading ("들어가며_ …")."""
+    if kind == "section":
+        return re.compile(rf"^\s*{number}")
     if kind == "part":
         return re.compile(rf"\bpart\s*{number}(?!\d)|(?<!\d){number}\s*부", re.IGNORECASE)
     return re.compile(rf"\b{kind}\s*{number}(?!\d)", re.IGNORECASE)

@@ -218,8 +218,8 @@ def test_a_label_the_question_names_picks_its_line(qa: QAService) -> None:
 
 
 def test_a_label_named_by_its_place_is_read_as_its_number(qa: QAService) -> None:
-    """"the first 2023 trend" is TREND 1 and "첫 번째 파트" the 1부 line; a part that only says where to look ("In
-    part 2, which trend …") is no label, and "the first to issue" names none."""
+    """"the first 2023 trend" is TREND 1, "첫 번째 파트" the 1부 line and "the book's introduction" 들어가며; a part
+    that only says where to look ("In part 2, which trend …") is no label, and "the first to issue" names none."""
     assert named_labels("According to the first 2023 trend title, what?") == [("trend", 1)]
     assert named_labels("책의 첫 번째 파트는 어느 해를 되돌아보나?") == [("part", 1)]
     assert named_labels("Which country was the first to issue a CBDC?") == []
@@ -229,6 +229,11 @@ def test_a_label_named_by_its_place_is_read_as_its_number(qa: QAService) -> None
     assert not part.abstained and "디지털 트렌드 2022 리뷰" in part.answer
     trend = qa.ask("In part 2, which trend number covers digital healthcare?")
     assert "TREND 9" in trend.answer
+    # The introduction's title asked by another name is its "들어가며_" line; what it says is not a title.
+    assert named_labels("What is the title of the book's introduction?") == [("section", "들어가며")]
+    assert named_labels("서문은 기업에게 무엇을 하라고 하나요?") == []
+    introduction = qa.ask("What is the title of the book's introduction?")
+    assert introduction.citations and introduction.citations[0].quote.startswith("들어가며")
 
 
 def test_the_next_sentence_joins_a_question_the_book_asks(qa: QAService) -> None:
